@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import LiveServer
+from yoso.config import load_settings
+from yoso.model.store import ModelStore
+from yoso.model.zoo import ZOO
+
+TINY_MODELS = ("yolov3-tiny", "yolov4-tiny")
+
+
+@pytest.fixture(scope="session")
+def model_store() -> ModelStore:
+    store = ModelStore(load_settings().model_dir)
+    missing = [name for name in TINY_MODELS if not store.is_installed(ZOO[name])]
+    if missing:
+        pytest.fail(f"models {missing} are not installed in {store.model_dir}: run `make models`")
+    return store
+
+
+@pytest.fixture(scope="session")
+def server(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real server for the whole session, both tiny models preloaded, two workers."""
+    live = LiveServer(env={"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS)})
+    live.start(tmp_path_factory.mktemp("server") / "server.log")
+    yield live
+    live.stop()
+
+
+@pytest.fixture()
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http

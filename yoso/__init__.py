@@ -1,0 +1,3 @@
+"""yoso: you only serve once. YOLO object detection over HTTP."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,153 @@
+"""Thin handlers: read the upload, check it, hand it to the inference service, shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from yoso import imaging
+from yoso.api.errors import ApiError, ErrorResponse
+from yoso.api.schemas import CountResponse, DetectionOut, DetectResponse, HealthResponse, ModelOut, ModelsResponse
+from yoso.api.upload import UPLOAD_BODY_DOC, read_image_upload
+from yoso.serving.pool import WorkerCrashed
+from yoso.serving.scheduler import Overloaded
+from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownModel
+from yoso.serving.tasks import ImageOutcome, TaskOutcome
+
+RETRY_AFTER_S = "1"
+
+
+def get_service(request: Request) -> InferenceService:
+    return request.app.state.service
+
+
+Service = Annotated[InferenceService, Depends(get_service)]
+ModelName = Annotated[str | None, Query(max_length=64, description="Model to run (default: YOSO_DEFAULT_MODEL).")]
+Confidence = Annotated[
+    float, Query(gt=0, le=1, allow_inf_nan=False, description="Keep detections scoring above this, in (0, 1].")
+]
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        401: "Missing or wrong API key.",
+        404: "Unknown model.",
+        409: "Model known but not installed.",
+        413: "Upload or image too large.",
+        415: "Not a supported image format.",
+        422: "Bad parameter, missing field or unreadable image.",
+        500: "Inference failed.",
+        503: "Overloaded or not ready; retry after Retry-After seconds.",
+        504: "The request took longer than YOSO_REQUEST_TIMEOUT_S.",
+    }.items()
+}
+_UPLOAD = {"openapi_extra": {"requestBody": UPLOAD_BODY_DOC}, "responses": _ERRORS}
+
+router = APIRouter()
+
+
+async def _until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _detect(request: Request, service: InferenceService, model: str | None, confidence: float,
+                  annotate: bool, endpoint: str) -> tuple[ImageOutcome, TaskOutcome]:
+    """Upload -> header check -> queued inference, dropped if the client leaves or time runs out."""
+    settings = service.settings
+    if not service.ready:
+        state = "shutting down" if service.draining else "loading its models"
+        raise ApiError(503, f"The server is {state}; retry shortly.", {"Retry-After": RETRY_AFTER_S})
+    name = model or settings.default_model
+    try:
+        service.require(name)
+    except UnknownModel as error:
+        raise ApiError(404, str(error)) from None
+    except ModelNotInstalled as error:
+        raise ApiError(409, str(error)) from None
+    data = await read_image_upload(request, settings.max_upload_bytes)
+    try:
+        imaging.inspect(data, settings.max_image_pixels)
+    except imaging.ImageError as error:
+        raise ApiError(error.status, str(error)) from None
+    inference = asyncio.ensure_future(service.detect(name, confidence, data, annotate, endpoint))
+    disconnected = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({inference, disconnected}, timeout=settings.request_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+    if inference not in done:
+        inference.cancel()  # a queued job is skipped; a running one finishes and is discarded
+        if disconnected in done:
+            raise ApiError(499, "The client closed the connection.")
+        raise ApiError(504, f"The request took longer than {settings.request_timeout_s:g} s.")
+    try:
+        image, task = inference.result()
+    except Overloaded:
+        raise ApiError(503, "The server is at capacity; retry shortly.", {"Retry-After": RETRY_AFTER_S}) from None
+    except WorkerCrashed as error:
+        raise ApiError(500, f"{error}; the image was not processed. A new worker is starting.") from None
+    if image.error is not None:
+        raise ApiError(*image.error)
+    return image, task
+
+
+@router.post("/predict", response_class=Response, summary="The image with boxes, labels and confidence drawn",
+             **_UPLOAD | {"responses": _ERRORS | {200: {"content": {"image/jpeg": {}}, "description": "JPEG"}}})
+async def predict(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+    image, _ = await _detect(request, service, model, confidence, annotate=True, endpoint="predict")
+    return Response(image.jpeg, media_type="image/jpeg")
+
+
+@router.post("/count_objects", response_model=CountResponse, summary="How many objects of each label", **_UPLOAD)
+async def count_objects(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+    image, _ = await _detect(request, service, model, confidence, annotate=False, endpoint="count_objects")
+    return CountResponse(items=dict(Counter(d.label for d in image.detections)))
+
+
+@router.post("/detect", response_model=DetectResponse, summary="Detections as JSON", **_UPLOAD)
+async def detect(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+    image, task = await _detect(request, service, model, confidence, annotate=False, endpoint="detect")
+    name = model or service.settings.default_model
+    return DetectResponse(
+        model=name,
+        confidence=confidence,
+        width=image.width,
+        height=image.height,
+        detections=[DetectionOut(label=d.label, confidence=d.confidence, box=list(d.box)) for d in image.detections],
+        inference_ms=task.inference_ms,
+    )
+
+
+@router.get("/models", response_model=ModelsResponse, summary="Known models, installed and loaded")
+async def models(service: Service):
+    statuses = await asyncio.to_thread(service.models)
+    return ModelsResponse(default=service.settings.default_model,
+                          models=[ModelOut(**vars(status)) for status in statuses])
+
+
+@router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
+async def healthz():
+    return HealthResponse(status="ok")
+
+
+@router.get("/readyz", response_model=HealthResponse, summary="Readiness: models loaded and warmed",
+            responses={503: {"model": HealthResponse}})
+async def readyz(service: Service):
+    if service.ready:
+        return HealthResponse(status="ready")
+    return JSONResponse({"status": "draining" if service.draining else "starting"}, status_code=503)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(service: Service):
+    title = service.settings.title
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title></head>
+<body><h1>{title}</h1><p>YOLO object detection over HTTP.</p>
+<ul><li><a href="/docs">/docs</a>: try the API</li><li><a href="/redoc">/redoc</a>: reference</li>
+<li><a href="/models">/models</a>: the model zoo</li></ul></body></html>"""

@@ -1,0 +1,106 @@
+"""Read the uploaded image out of a multipart/form-data body, in memory and within the size limit.
+
+Starlette's form parser spools large files to temporary files on disk; yoso never writes an upload to
+disk, so the body is read here, capped at max_upload_mb (checked on Content-Length first, then on the
+bytes actually received), and only the `file` part is kept. Its file name is never used.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from yoso.api.errors import ApiError
+
+FIELD = "file"
+MAX_PARTS = 16
+
+UPLOAD_BODY_DOC = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": [FIELD],
+                "properties": {FIELD: {"type": "string", "format": "binary", "description": "The image."}},
+            }
+        }
+    },
+}
+
+
+class _Parts:
+    """python-multipart callbacks that keep the body of the part named `file`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.header_field = b""
+        self.header_value = b""
+        self.is_file_part = False
+        self.file: bytearray | None = None
+        self.chunks: list[bytes] = []
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": lambda data, start, end: self._append("header_field", data[start:end]),
+            "on_header_value": lambda data, start, end: self._append("header_value", data[start:end]),
+            "on_header_end": self.on_header_end,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    def _append(self, name: str, data: bytes) -> None:
+        setattr(self, name, getattr(self, name) + data)
+
+    def on_part_begin(self) -> None:
+        self.count += 1
+        if self.count > MAX_PARTS:
+            raise ApiError(422, f"The form has more than {MAX_PARTS} parts; send one '{FIELD}' field.")
+        self.is_file_part = False
+        self.chunks = []
+
+    def on_header_end(self) -> None:
+        if self.header_field.lower() == b"content-disposition":
+            _, options = parse_options_header(self.header_value)
+            self.is_file_part = options.get(b"name") == FIELD.encode() and self.file is None
+        self.header_field = self.header_value = b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.is_file_part:
+            self.chunks.append(data[start:end])
+
+    def on_part_end(self) -> None:
+        if self.is_file_part:
+            self.file = bytearray(b"".join(self.chunks))
+        self.chunks = []
+
+
+async def read_image_upload(request: Request, max_bytes: int) -> bytes:
+    """The bytes of the `file` field; 413 past `max_bytes`, 422 when the form has no such field."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise ApiError(422, f"Send the image as multipart/form-data in a field named '{FIELD}'.")
+    limit_mb = max_bytes / (1024 * 1024)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise ApiError(413, f"The upload is {int(declared):,} bytes; the limit is {limit_mb:g} MB.")
+    parts = _Parts()
+    parser = MultipartParser(boundary, parts.callbacks(), max_header_size=1024)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + 64 * 1024:
+                raise ApiError(413, f"The upload is larger than the limit of {limit_mb:g} MB.")
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as error:
+        raise ApiError(422, f"The multipart body is malformed ({error}); send the image in a field named '{FIELD}'.")
+    if parts.file is None:
+        raise ApiError(422, f"The form has no field named '{FIELD}'; send the image in it.")
+    if len(parts.file) > max_bytes:
+        raise ApiError(413, f"The image is {len(parts.file):,} bytes; the limit is {limit_mb:g} MB.")
+    return bytes(parts.file)

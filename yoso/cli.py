@@ -1,0 +1,93 @@
+"""The `yoso` command: `yoso serve`, `yoso models list`, `yoso models pull [NAME...]`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from yoso.config import load_settings
+from yoso.model.store import ModelStore, ProvisionError
+from yoso.model.zoo import ZOO
+
+
+@click.group()
+def main() -> None:
+    """yoso: YOLO object detection over HTTP."""
+
+
+@main.command()
+def serve() -> None:
+    """Start the server (configured by YOSO_ environment variables).
+
+    Example: YOSO_PORT=9000 yoso serve
+    """
+    from yoso.server import serve as run_server
+
+    run_server(load_settings())
+
+
+@main.group()
+def models() -> None:
+    """List and provision the model zoo."""
+
+
+def _store() -> ModelStore:
+    return ModelStore(load_settings().model_dir)
+
+
+@models.command("list")
+def list_models() -> None:
+    """Show every known model and whether it is installed.
+
+    Example: yoso models list
+    """
+    store = _store()
+    click.echo(f"model directory: {store.model_dir}")
+    for name, spec in ZOO.items():
+        state = "installed" if store.is_installed(spec) else "not installed"
+        click.echo(f"{name:12s} {spec.download_bytes / 1e6:7.1f} MB  {state}")
+
+
+class _ProgressBar:
+    """Bytes downloaded per file, on a terminal only."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.last: tuple[str, int] = ("", -1)
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if total is None:
+            click.echo(f"  fetching {name} ...", err=True)
+            return
+        if not self.enabled:
+            return
+        percent = int(100 * done / total) if total else 0
+        if (name, percent) != self.last:
+            self.last = (name, percent)
+            click.echo(f"\r  {name}: {percent:3d}% of {total / 1e6:.1f} MB", err=True, nl=done >= total)
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1)
+def pull(names: tuple[str, ...]) -> None:
+    """Download and verify models into YOSO_MODEL_DIR (default: the two tiny models).
+
+    Example: yoso models pull yolov3-tiny yolov4-tiny
+    """
+    store = _store()
+    unknown = [name for name in names if name not in ZOO]
+    if unknown:
+        raise click.UsageError(f"unknown model {', '.join(unknown)}; known: {', '.join(ZOO)}")
+    failed = []
+    for name in names or ("yolov3-tiny", "yolov4-tiny"):
+        click.echo(f"{name}: provisioning into {store.model_dir / name}")
+        try:
+            store.pull(ZOO[name], progress=_ProgressBar())
+        except ProvisionError as error:
+            click.echo(f"{name}: {error}", err=True)
+            failed.append(name)
+            continue
+        click.echo(f"{name}: ready")
+    if failed:
+        raise SystemExit(f"yoso: could not provision {', '.join(failed)}")

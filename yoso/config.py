@@ -1,0 +1,133 @@
+"""Every knob of the server, read from `YOSO_`-prefixed environment variables (or a `.env` file)."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path.home() / ".cache" / "yoso" / "models"
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class TraceExporter(str, Enum):
+    console = "console"
+    zipkin = "zipkin"
+    otlp = "otlp"
+
+
+def _comma_separated(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """One field per `YOSO_` variable; the field's description is its documentation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="YOSO_",
+        case_sensitive=False,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # Server
+    host: str = Field("0.0.0.0", description="Interface to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    dev_mode: bool = Field(False, description="Reload the server when the code changes (development only).")
+    title: str = Field("yoso", description="Title shown on / and in the OpenAPI docs.")
+    service_name: str = Field("yoso", description="Service name in traces and logs.")
+    log_level: str = Field("info", description="debug, info, warning, error or critical.")
+
+    # Models
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Where model files are provisioned and looked up.")
+    default_model: str = Field("yolov3-tiny", description="Model used when a request names none.")
+    preload_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["yolov3-tiny", "yolov4-tiny"],
+        description="Comma-separated models loaded and warmed before /readyz turns 200.",
+    )
+
+    # Input limits
+    max_upload_mb: float = Field(10.0, gt=0, description="Largest accepted upload, in megabytes (413 above).")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Largest accepted width x height, read from the image header (413 above)."
+    )
+
+    # Serving
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Inference worker processes (default: CPU count)."
+    )
+    max_batch_size: int = Field(1, ge=1, le=64, description="Images of one model run as one blob (1: no batching).")
+    max_batch_delay_ms: float = Field(
+        0.0, ge=0, le=1000, description="How long a request may wait for others to fill its batch."
+    )
+    max_queue: int | None = Field(
+        None, ge=0, description="Requests allowed to wait for a worker; past it, 503 at once (default: 2 x workers)."
+    )
+    request_timeout_s: float = Field(30.0, gt=0, description="Upper bound on one request's time in the server (504).")
+    shutdown_grace_s: float = Field(20.0, ge=0, description="How long SIGTERM waits for in-flight requests.")
+
+    # Observability
+    prometheus_metrics: bool = Field(True, description="Expose Prometheus metrics on /metrics.")
+    otel_instrument: bool = Field(False, description="Trace requests with OpenTelemetry.")
+    otel_instrument_exporter: TraceExporter = Field(
+        TraceExporter.console, description="Where traces go: console, zipkin or otlp."
+    )
+    zipkin_endpoint: str = Field(
+        "http://localhost:9411/api/v2/spans", description="Zipkin v2 spans URL (exporter zipkin)."
+    )
+    otel_sampling_ratio: float = Field(1.0, ge=0, le=1, description="Share of requests traced (parent-based).")
+    log_format: LogFormat = Field(LogFormat.text, description="text for people, json for log pipelines.")
+
+    # Security
+    api_key: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys; when set, every endpoint but probes needs one."
+    )
+    metrics_token: str | None = Field(None, description="Bearer token required on /metrics when set.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS (default: none)."
+    )
+
+    _split_lists = field_validator("preload_models", "api_key", "cors_origins", mode="before")(_comma_separated)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        levels = ("critical", "error", "warning", "info", "debug", "trace")
+        if value.lower() not in levels:
+            raise ValueError(f"must be one of {', '.join(levels)}")
+        return value.lower()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def queue_limit(self) -> int:
+        return 2 * self.workers if self.max_queue is None else self.max_queue
+
+
+class SettingsError(SystemExit):
+    """Start-up stops with one line per bad variable, never a traceback."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            value = problem.get("input")
+            lines.append(f"yoso: bad setting YOSO_{field.upper()}={value!r}: {problem['msg']}")
+        raise SettingsError("\n".join(lines)) from None

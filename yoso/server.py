@@ -1,0 +1,47 @@
+"""`python -m yoso.server`: settings -> uvicorn, with a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import uvicorn
+
+from yoso.app import create_app
+from yoso.config import Settings, load_settings
+from yoso.observability.logging import configure_logging
+from yoso.serving.service import InferenceService
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM: report not-ready, stop accepting, finish in-flight requests, then exit 0."""
+
+    def __init__(self, config: uvicorn.Config, service: InferenceService) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service.drain()
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals after shutdown; a completed drain is a clean exit.
+            self._captured_signals.clear()
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings)
+    common = dict(host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
+                  timeout_graceful_shutdown=settings.shutdown_grace_s)
+    if settings.dev_mode:
+        uvicorn.run("yoso.app:create_app", factory=True, reload=True, reload_dirs=["yoso"], **common)
+        return
+    app = create_app(settings)
+    DrainingServer(uvicorn.Config(app, **common), app.state.service).run()
+
+
+def main() -> None:
+    serve(load_settings())
+
+
+if __name__ == "__main__":
+    main()

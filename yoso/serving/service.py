@@ -1,0 +1,138 @@
+"""The inference service: everything the HTTP layer needs, and nothing of HTTP.
+
+It owns the worker pool and the scheduler, knows which models are installed and loaded, and tells
+observers what happened to each image so that metrics and traces are attached from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Protocol
+
+from yoso.config import Settings
+from yoso.model.store import ModelStore
+from yoso.model.zoo import ZOO
+from yoso.serving.pool import PoolStartError, WorkerPool
+from yoso.serving.scheduler import Scheduler
+from yoso.serving.tasks import ImageJob, ImageOutcome, TaskOutcome
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModel(LookupError):
+    def __init__(self, name: str, installed: list[str]) -> None:
+        super().__init__(
+            f"Unknown model {name!r}. Installed models: {', '.join(installed) or 'none'}; "
+            f"known models: {', '.join(ZOO)}."
+        )
+
+
+class ModelNotInstalled(LookupError):
+    def __init__(self, name: str, store: ModelStore) -> None:
+        super().__init__(
+            f"Model {name!r} is not installed. Install it with `yoso models pull {name}` "
+            f"(or copy its files into {store.model_dir / name}); it loads on first use."
+        )
+
+
+class InferenceObserver(Protocol):
+    """Told about every processed image, model load and shed request (metrics, traces)."""
+
+    def image_done(self, model: str, endpoint: str, image: ImageOutcome, task: TaskOutcome) -> None: ...
+
+    def model_loaded(self, model: str, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    installed: bool
+    loaded: bool
+    workers_loaded: int
+    classes: int | None
+    download_bytes: int
+
+
+class InferenceService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = ModelStore(settings.model_dir)
+        self.observers: list[InferenceObserver] = []
+        self.pool = WorkerPool(
+            size=settings.workers,
+            model_dir=self.store.model_dir,
+            preload=settings.preload_models,
+            cpu_count=os.cpu_count() or 1,
+        )
+        self.pool.on_model_loaded = self._model_loaded
+        self.scheduler = Scheduler(
+            self.pool,
+            max_queue=settings.queue_limit,
+            max_batch_size=settings.max_batch_size,
+            max_batch_delay_s=settings.max_batch_delay_ms / 1000,
+        )
+        self.ready = False
+        self.draining = False
+        self._starting: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        """Check the preload models now; load and warm them in the background (`ready` turns True after)."""
+        for name in self.settings.preload_models:
+            self.require(name)
+        self._starting = asyncio.ensure_future(self._start_pool())
+
+    async def _start_pool(self) -> None:
+        try:
+            await self.pool.start()
+        except PoolStartError as error:
+            log.critical("could not start the inference workers: %s", error)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if not self.draining:
+            self.ready = True
+            log.info("ready: %d workers, models %s", self.pool.size, ", ".join(self.settings.preload_models))
+
+    def drain(self) -> None:
+        """Stop reporting ready: load balancers take this replica out while in-flight requests finish."""
+        self.ready = False
+        self.draining = True
+
+    async def stop(self) -> None:
+        self.drain()
+        if self._starting is not None:
+            self._starting.cancel()
+        await self.pool.stop()
+
+    def require(self, name: str) -> None:
+        """Raise unless `name` is a known, installed model."""
+        if name not in ZOO:
+            raise UnknownModel(name, self.store.installed())
+        if not self.store.is_installed(ZOO[name]):
+            raise ModelNotInstalled(name, self.store)
+
+    async def detect(
+        self, model: str, confidence: float, data: bytes, annotate: bool, endpoint: str
+    ) -> tuple[ImageOutcome, TaskOutcome]:
+        self.require(model)
+        image, task = await self.scheduler.run(model, confidence, ImageJob(data, annotate))
+        if image.error is None:
+            for observer in self.observers:
+                observer.image_done(model, endpoint, image, task)
+        return image, task
+
+    def models(self) -> list[ModelStatus]:
+        statuses = []
+        for name, spec in ZOO.items():
+            files = self.store.files(spec)
+            classes = sum(1 for line in files.names.read_text().splitlines() if line.strip()) if files else None
+            loaded_by = self.pool.workers_with(name)
+            statuses.append(ModelStatus(name, files is not None, loaded_by > 0, loaded_by, classes, spec.download_bytes))
+        return statuses
+
+    def _model_loaded(self, model: str, seconds: float) -> None:
+        for observer in self.observers:
+            observer.model_loaded(model, seconds)

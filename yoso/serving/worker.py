@@ -1,0 +1,107 @@
+"""The inference worker process: its own nets, one task at a time, decode -> detect -> draw and encode.
+
+Each worker is a separate process so that it can set OpenCV's (process-wide) thread count per task: all
+cores for a request that runs alone, one share of the cores when every worker is busy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import cv2
+
+from yoso import imaging
+from yoso.model.detector import DetectionModel
+from yoso.model.store import ModelStore
+from yoso.model.zoo import ZOO
+from yoso.serving.tasks import ImageOutcome, Task, TaskOutcome, WorkerFailed, WorkerReady
+
+
+class ModelCache:
+    """One DetectionModel per model name, loaded on first use and kept."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+        self.models: dict[str, DetectionModel] = {}
+
+    def load(self, name: str) -> float:
+        started = time.perf_counter()
+        spec = ZOO[name]
+        files = self.store.files(spec)
+        if files is None:
+            raise LookupError(f"model {name} is not installed in {self.store.model_dir}")
+        model = DetectionModel(name, files, spec.input_size)
+        model.warm_up()
+        self.models[name] = model
+        return time.perf_counter() - started
+
+
+class Worker:
+    def __init__(self, models: ModelCache) -> None:
+        self.models = models
+        self.threads = -1
+
+    def run(self, task: Task) -> TaskOutcome:
+        if task.threads != self.threads:
+            cv2.setNumThreads(task.threads)
+            self.threads = task.threads
+        load_s = None if task.model in self.models.models else self.models.load(task.model)
+        model = self.models.models[task.model]
+        outcomes = [ImageOutcome() for _ in task.images]
+        images = {}
+        for i, job in enumerate(task.images):
+            started = time.time_ns()
+            try:
+                images[i] = imaging.decode(job.data)
+            except imaging.ImageError as error:
+                outcomes[i].error = (error.status, str(error))
+                continue
+            outcomes[i].decode = (started, time.time_ns())
+            outcomes[i].height, outcomes[i].width = images[i].shape[:2]
+        result = TaskOutcome(outcomes, model_load_s=load_s)
+        if not images:
+            return result
+        started = time.time_ns()
+        detections = model.detect(list(images.values()), task.confidence)
+        result.inference = (started, time.time_ns())
+        for (i, image), found in zip(images.items(), detections):
+            outcomes[i].detections = found
+            if task.images[i].annotate:
+                outcomes[i].jpeg, outcomes[i].encode = self._annotate(model, image, found)
+        return result
+
+    @staticmethod
+    def _annotate(model: DetectionModel, image, found) -> tuple[bytes, tuple[int, int]]:
+        started = time.time_ns()
+        jpeg = imaging.encode_jpeg(model.draw(image, found))
+        return jpeg, (started, time.time_ns())
+
+
+def serve(connection: Connection, model_dir: str, preload: list[str], threads: int) -> None:
+    """Entry point of a worker process: load, report ready, then answer tasks until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    cv2.setNumThreads(threads)
+    models = ModelCache(ModelStore(Path(model_dir)))
+    try:
+        loaded = {name: models.load(name) for name in preload}
+    except Exception as error:  # noqa: BLE001 - reported to the server, which refuses to start
+        connection.send(WorkerFailed(f"{type(error).__name__}: {error}"))
+        return
+    connection.send(WorkerReady(os.getpid(), loaded))
+    worker = Worker(models)
+    while True:
+        try:
+            task: Task = connection.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            outcome = worker.run(task)
+        except Exception as error:  # noqa: BLE001 - a failed task is answered, the worker lives on
+            message = f"inference failed: {type(error).__name__}: {error}"
+            outcome = TaskOutcome([ImageOutcome(error=(500, message)) for _ in task.images])
+        connection.send(outcome)
+
