@@ -1,0 +1,91 @@
+"""YOSO_ settings: parsing, case-insensitivity, .env, dev mode, and a one-line error on a bad value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+from yoso.config import DEFAULT_MODEL_DIR, Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.upper().startswith("YOSO_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults():
+    settings = load_settings()
+    assert (settings.host, settings.port, settings.dev_mode) == ("0.0.0.0", 8000, False)
+    assert settings.default_model == "yolov3-tiny"
+    assert settings.preload_models == ["yolov3-tiny", "yolov4-tiny"]
+    assert settings.model_dir == DEFAULT_MODEL_DIR
+    assert settings.workers == os.cpu_count()
+
+
+@pytest.mark.parametrize("name", ["YOSO_DEV_MODE", "YOSO_dev_mode", "yoso_Dev_Mode"])
+def test_variables_are_case_insensitive(monkeypatch, name):
+    monkeypatch.setenv(name, "true")
+    assert load_settings().dev_mode is True
+
+
+def test_lists_are_comma_separated(monkeypatch):
+    monkeypatch.setenv("YOSO_PRELOAD_MODELS", "yolov4-tiny, yolov3-tiny")
+    monkeypatch.setenv("YOSO_API_KEY", "one,two")
+    settings = load_settings()
+    assert settings.preload_models == ["yolov4-tiny", "yolov3-tiny"]
+    assert settings.api_key == ["one", "two"]
+
+
+def test_a_dotenv_file_is_read(tmp_path):
+    (tmp_path / ".env").write_text("YOSO_PORT=9123\nYOSO_MAX_UPLOAD_MB=2.5\n")
+    settings = load_settings()
+    assert settings.port == 9123 and settings.max_upload_bytes == int(2.5 * 1024 * 1024)
+
+
+def test_the_environment_wins_over_dotenv(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text("YOSO_PORT=9123\n")
+    monkeypatch.setenv("YOSO_PORT", "9200")
+    assert load_settings().port == 9200
+
+
+@pytest.mark.parametrize("name, value", [("YOSO_PORT", "abc"), ("YOSO_PORT", "70000"), ("YOSO_WORKERS", "0"),
+                                         ("YOSO_LOG_LEVEL", "loud"), ("YOSO_OTEL_INSTRUMENT_EXPORTER", "jaeger")])
+def test_a_bad_value_raises_one_line_naming_the_variable(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert message.count("\n") == 0
+    assert name.upper() in message and repr(value) in message
+
+
+def test_queue_limit_defaults_to_twice_the_workers():
+    assert Settings(workers=3).queue_limit == 6
+    assert Settings(workers=3, max_queue=0).queue_limit == 0
+
+
+def test_a_bad_value_stops_the_server_with_one_line_and_no_traceback():
+    env = {**os.environ, "YOSO_PORT": "abc"}
+    result = subprocess.run([sys.executable, "-m", "yoso.server"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        "yoso: bad setting YOSO_PORT='abc': Input should be a valid integer, unable to parse string as an integer"
+    ]
+
+
+def test_dev_env_vars_turns_dev_mode_on():
+    script = f"source {ROOT / 'dev_env_vars'} && {sys.executable} -c " \
+             "'from yoso.config import load_settings; print(load_settings().dev_mode)'"
+    result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.upper().startswith("YOSO_")})
+    assert result.stdout.strip() == "True", result.stderr

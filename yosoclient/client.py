@@ -1,0 +1,238 @@
+"""The yoso HTTP API as Python calls: images in, bytes / counts / typed detections out, one error type.
+
+One `httpx.Client` carries every request, so a script sending many images reuses its connections; it is
+safe to share one `Client` between threads. Every failure, from a refused connection to a server's
+`{"detail": ...}`, surfaces as `YosoError`, so a caller needs one `except` to report any of them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+
+DEFAULT_URL = "http://localhost:8000"
+DEFAULT_TIMEOUT_S = 60.0
+RETRIES_ON_503 = 3
+MAX_RETRY_WAIT_S = 10.0
+
+Image = str | os.PathLike | bytes | np.ndarray
+"""A path to an image file, the file's bytes, or a decoded image array (as cv2.imread returns it)."""
+
+
+class YosoError(Exception):
+    """A request failed. `status` is the HTTP status (None when no answer came), `detail` the reason."""
+
+    def __init__(self, status: int | None, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return self.detail
+        try:
+            phrase = HTTPStatus(self.status).phrase
+        except ValueError:
+            phrase = "HTTP error"
+        return f"{self.status} {phrase}: {self.detail}"
+
+
+class YosoConnectionError(YosoError):
+    """No connection to the server: nothing listens there, or the name does not resolve."""
+
+
+class YosoTimeout(YosoError):
+    """The server did not answer within the client's timeout."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    confidence: float
+    box: tuple[int, int, int, int]
+    """x1, y1, x2, y2 in pixels of the image sent."""
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    model: str
+    confidence: float
+    """The confidence threshold the server applied."""
+    width: int
+    height: int
+    detections: list[Detection]
+    inference_ms: float
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    installed: bool
+    loaded: bool
+    workers_loaded: int
+    classes: int | None
+    download_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelsInfo:
+    default: str
+    models: list[ModelInfo]
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str
+    """"ready", or "starting" / "draining" while the server cannot take images."""
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+
+def encode_image(image: Image) -> tuple[str, bytes]:
+    """(file name, bytes) to upload. Arrays go as PNG: lossless, so the server sees exactly these pixels."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        return path.name, path.read_bytes()
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "image", bytes(image)
+    if isinstance(image, np.ndarray):
+        ok, encoded = cv2.imencode(".png", image)
+        if not ok:
+            raise ValueError(f"cannot encode an array of shape {image.shape} and dtype {image.dtype} as an image")
+        return "image.png", encoded.tobytes()
+    raise TypeError(f"an image is a path, bytes or a numpy array, not {type(image).__name__}")
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """Seconds the server asks us to wait (delta-seconds or HTTP-date form), None without the header."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    text = response.text.strip()
+    return text[:200] if text else response.reason_phrase
+
+
+class Client:
+    """A yoso server at `base_url`. Use it as a context manager, or call `close()`, to free its connections.
+
+    `model` and `confidence` left as None take the server's defaults (YOSO_DEFAULT_MODEL, 0.5).
+    A 503 carrying Retry-After (the server is at capacity or still loading) is retried up to `retries`
+    times, waiting what the server asks for, at most `max_retry_wait_s` each time.
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT_S, api_key: str | None = None,
+                 retries: int = RETRIES_ON_503, max_retry_wait_s: float = MAX_RETRY_WAIT_S) -> None:
+        if "://" not in base_url:
+            base_url = "http://" + base_url
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.max_retry_wait_s = max_retry_wait_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        except httpx.InvalidURL as error:
+            raise YosoError(None, f"{base_url!r} is not a valid server URL: {error}") from None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def predict(self, image: Image, model: str | None = None, confidence: float | None = None) -> bytes:
+        """The image as JPEG with every detection's box, label and confidence drawn, at the input size."""
+        return self._upload("/predict", image, model, confidence).content
+
+    def predict_to_file(self, image: Image, path: str | os.PathLike, model: str | None = None,
+                        confidence: float | None = None) -> Path:
+        """`predict`, written to `path` (a JPEG whatever the suffix); returns the path."""
+        target = Path(path)
+        target.write_bytes(self.predict(image, model, confidence))
+        return target
+
+    def count_objects(self, image: Image, model: str | None = None, confidence: float | None = None) -> dict[str, int]:
+        """How many objects of each label; labels with none are absent."""
+        return dict(self._upload("/count_objects", image, model, confidence).json()["items"])
+
+    def detect(self, image: Image, model: str | None = None, confidence: float | None = None) -> DetectResult:
+        body = self._upload("/detect", image, model, confidence).json()
+        detections = [Detection(d["label"], d["confidence"], tuple(d["box"])) for d in body["detections"]]
+        return DetectResult(body["model"], body["confidence"], body["width"], body["height"], detections,
+                            body["inference_ms"])
+
+    def models(self) -> ModelsInfo:
+        body = self._request("GET", "/models").json()
+        return ModelsInfo(body["default"], [ModelInfo(**model) for model in body["models"]])
+
+    def health(self) -> Health:
+        """Readiness: whether the server takes images now. Only a server that cannot be reached raises."""
+        response = self._request("GET", "/readyz", ok=(200, 503))
+        return Health(str(response.json().get("status", "unknown")))
+
+    def _upload(self, path: str, image: Image, model: str | None, confidence: float | None) -> httpx.Response:
+        name, data = encode_image(image)
+        params: dict[str, Any] = {}
+        if model is not None:
+            params["model"] = model
+        if confidence is not None:
+            params["confidence"] = confidence
+        return self._request("POST", path, params=params, files={"file": (name, data, "application/octet-stream")})
+
+    def _request(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
+        retries_left = self.retries
+        while True:
+            response = self._send(method, path, **kwargs)
+            if response.status_code in ok:
+                return response
+            wait_s = _retry_after_s(response) if response.status_code == 503 else None
+            if wait_s is None or retries_left == 0:
+                raise YosoError(response.status_code, _detail(response))
+            retries_left -= 1
+            time.sleep(min(wait_s, self.max_retry_wait_s))
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = self.base_url + path
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise YosoTimeout(None, f"no answer from {url} within {self.timeout:g} s") from None
+        except httpx.ConnectError as error:
+            raise YosoConnectionError(None, f"cannot connect to {self.base_url} ({error})") from None
+        except httpx.HTTPError as error:
+            raise YosoError(None, f"request to {url} failed: {error}") from None
