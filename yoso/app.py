@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from yoso import __version__
+from yoso.api.admission import AdmissionMiddleware
 from yoso.api.errors import install_error_handlers
 from yoso.api.routes import router
+from yoso.api.security import install_security
 from yoso.config import Settings, load_settings
 from yoso.serving.service import InferenceService
 
@@ -36,4 +38,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
+    app.add_middleware(AdmissionMiddleware, service=service)
+    install_security(app, settings)  # outermost: refuses unauthenticated requests before admission
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from types import FrameType
 
@@ -12,6 +13,8 @@ from yoso.config import Settings, load_settings
 from yoso.observability.logging import configure_logging
 from yoso.serving.service import InferenceService
 
+log = logging.getLogger("yoso.server")
+
 
 class DrainingServer(uvicorn.Server):
     """On SIGTERM: report not-ready, stop accepting, finish in-flight requests, then exit 0."""
@@ -21,6 +24,9 @@ class DrainingServer(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("%s: draining; in-flight requests finish within %gs", signal.Signals(sig).name,
+                     self.config.timeout_graceful_shutdown or 0)
         self.service.drain()
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from yoso import imaging
+from yoso.api.admission import RETRY_AFTER_S
 from yoso.api.errors import ApiError, ErrorResponse
 from yoso.api.schemas import CountResponse, DetectionOut, DetectResponse, HealthResponse, ModelOut, ModelsResponse
 from yoso.api.upload import UPLOAD_BODY_DOC, read_image_upload
@@ -17,8 +18,6 @@ from yoso.serving.pool import WorkerCrashed
 from yoso.serving.scheduler import Overloaded
 from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownModel
 from yoso.serving.tasks import ImageOutcome, TaskOutcome
-
-RETRY_AFTER_S = "1"
 
 
 def get_service(request: Request) -> InferenceService:
@@ -61,7 +60,7 @@ async def _detect(request: Request, service: InferenceService, model: str | None
     settings = service.settings
     if not service.ready:
         state = "shutting down" if service.draining else "loading its models"
-        raise ApiError(503, f"The server is {state}; retry shortly.", {"Retry-After": RETRY_AFTER_S})
+        raise ApiError(503, f"The server is {state}; retry shortly.", {"Retry-After": str(RETRY_AFTER_S)})
     name = model or settings.default_model
     try:
         service.require(name)
@@ -89,7 +88,8 @@ async def _detect(request: Request, service: InferenceService, model: str | None
     try:
         image, task = inference.result()
     except Overloaded:
-        raise ApiError(503, "The server is at capacity; retry shortly.", {"Retry-After": RETRY_AFTER_S}) from None
+        service.shed()
+        raise ApiError(503, "The server is at capacity; retry shortly.", {"Retry-After": str(RETRY_AFTER_S)}) from None
     except WorkerCrashed as error:
         raise ApiError(500, f"{error}; the image was not processed. A new worker is starting.") from None
     if image.error is not None:

@@ -9,12 +9,15 @@ caller has given up (client gone, timeout) is dropped before it reaches a worker
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from yoso.serving.pool import WorkerPool
 from yoso.serving.tasks import ImageJob, ImageOutcome, Task, TaskOutcome
+
+log = logging.getLogger(__name__)
 
 
 class Overloaded(RuntimeError):
@@ -42,6 +45,7 @@ class Scheduler:
         self.max_batch_delay_s = max_batch_delay_s
         self._queue: deque[Job] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self.abandoned = 0
         pool.on_idle = self._dispatch
 
     @property
@@ -73,12 +77,17 @@ class Scheduler:
             self._start(batch)
 
     def _drop_abandoned(self) -> None:
-        while self._queue and self._queue[0].future.done():
-            self._queue.popleft()
+        """Forget requests whose caller stopped waiting (client gone, timeout) before they ran."""
+        abandoned = [job for job in self._queue if job.future.done()]
+        for job in abandoned:
+            self._queue.remove(job)
+        if abandoned:
+            self.abandoned += len(abandoned)
+            log.debug("dropped %d request(s) whose caller stopped waiting before inference", len(abandoned))
 
     def _take_batch(self) -> list[Job] | None:
         head = self._queue[0]
-        batch = [job for job in self._queue if job.batch_key == head.batch_key and not job.future.done()]
+        batch = [job for job in self._queue if job.batch_key == head.batch_key]
         batch = batch[: self.max_batch_size]
         wait = head.enqueued + self.max_batch_delay_s - time.monotonic()
         if len(batch) < self.max_batch_size and wait > 0:

@@ -46,6 +46,8 @@ class InferenceObserver(Protocol):
 
     def model_loaded(self, model: str, seconds: float) -> None: ...
 
+    def request_shed(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class ModelStatus:
@@ -132,6 +134,11 @@ class InferenceService:
             loaded_by = self.pool.workers_with(name)
             statuses.append(ModelStatus(name, files is not None, loaded_by > 0, loaded_by, classes, spec.download_bytes))
         return statuses
+
+    def shed(self) -> None:
+        """A request was refused for want of capacity (503)."""
+        for observer in self.observers:
+            observer.request_shed()
 
     def _model_loaded(self, model: str, seconds: float) -> None:
         for observer in self.observers:

@@ -1,0 +1,151 @@
+"""Overload protection, timeouts, abandoned requests and graceful shutdown, on real server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.support import EXPECTED_COUNTS, LiveServer, image_bytes
+
+IMAGE = "dog_person_horse.jpg"
+EXPECTED = {"items": EXPECTED_COUNTS["yolov3-tiny"][IMAGE]}
+
+
+@pytest.fixture()
+def start(model_store, tmp_path):
+    servers: list[LiveServer] = []
+
+    def _start(**env: str) -> LiveServer:
+        live = LiveServer(env={"YOSO_PRELOAD_MODELS": "yolov3-tiny", **env})
+        servers.append(live.start(tmp_path / f"server{len(servers)}.log"))
+        return live
+
+    yield _start
+    for live in servers:
+        live.stop(signal.SIGKILL)
+
+
+async def burst(url: str, count: int, path: str = "/count_objects") -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=count)) as http:
+        return await asyncio.gather(*(http.post(path, files={"file": (IMAGE, image_bytes(IMAGE))})
+                                      for _ in range(count)))
+
+
+def test_past_capacity_requests_are_shed_at_once_with_503_and_retry_after(start):
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="1")
+    responses = asyncio.run(burst(live.url, 12))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    for response in responses:
+        if response.status_code == 200:
+            assert response.json() == EXPECTED
+        else:
+            assert response.headers["retry-after"] == "1"
+            assert "capacity" in response.json()["detail"]
+    assert statuses.count(200) >= 2  # the running request and the queued one
+
+
+def test_with_no_queue_only_the_running_request_is_admitted(start):
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="0")
+    statuses = [r.status_code for r in asyncio.run(burst(live.url, 6))]
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, statuses
+    # once the burst is over, the server serves again
+    assert httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}).json() == EXPECTED
+
+
+def test_a_request_over_the_time_limit_gets_504(start):
+    live = start(YOSO_REQUEST_TIMEOUT_S="0.001")
+    response = httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}, timeout=30)
+    assert response.status_code == 504
+    assert "longer than" in response.json()["detail"]
+
+
+def test_a_request_whose_client_left_is_dropped_before_inference(start):
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_LOG_LEVEL="debug")
+    body = image_bytes(IMAGE)
+
+    async def scenario() -> list[httpx.Response]:
+        busy = asyncio.ensure_future(burst(live.url, 6))  # keeps the only worker busy for a while
+        await asyncio.sleep(0.05)
+        request = httpx.Request("POST", live.url + "/count_objects", files={"file": (IMAGE, body)})
+        payload = b"".join(request.stream)
+        head = f"POST /count_objects HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n"
+        head += f"Content-Type: {request.headers['content-type']}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", live.port)) as quitter:
+            quitter.sendall(head.encode() + payload)
+            await asyncio.sleep(0.05)  # the server has read it and queued it behind the burst
+        return await busy
+
+    assert all(r.json() == EXPECTED for r in asyncio.run(scenario()))
+    deadline = time.monotonic() + 10
+    while "dropped 1 request(s)" not in live.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "dropped 1 request(s) whose caller stopped waiting before inference" in live.log()
+
+
+def test_sigterm_drains_every_accepted_request_then_exits_0(start):
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64")
+
+    async def scenario() -> tuple[list[httpx.Response], bool]:
+        inflight = asyncio.ensure_future(burst(live.url, 10))
+        await asyncio.sleep(0.2)  # all 10 sent and accepted; one worker needs ~0.4 s or more for them
+        live.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.1)
+        try:
+            httpx.get(live.url + "/healthz", timeout=2)
+            refused = False
+        except httpx.TransportError:
+            refused = True
+        return await inflight, refused
+
+    responses, new_connection_refused = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200] * 10
+    assert all(r.json() == EXPECTED for r in responses)
+    assert new_connection_refused
+    assert live.process.wait(30) == 0
+    assert "SIGTERM: draining" in live.log()
+
+
+def test_readyz_is_503_until_the_models_are_warm(model_store, tmp_path):
+    live = LiveServer(env={"YOSO_PRELOAD_MODELS": "yolov3-tiny,yolov4-tiny"})
+    live.start(tmp_path / "server.log", wait_ready=False)
+    try:
+        live.wait_until("/healthz", 60)
+        early = httpx.get(live.url + "/readyz")
+        inference = httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))})
+        live.wait_until("/readyz", 120)
+    finally:
+        live.stop()
+    assert early.status_code == 503 and early.json() == {"status": "starting"}
+    assert inference.status_code in (200, 503)  # 503 while loading, with a hint to retry
+    if inference.status_code == 503:
+        assert inference.headers["retry-after"] == "1" and "loading" in inference.json()["detail"]
+
+
+def test_a_worker_that_dies_mid_request_is_answered_and_replaced(start):
+    import psutil
+
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64")
+    worker = psutil.Process(live.process.pid).children()[-1]
+
+    async def scenario() -> list[httpx.Response]:
+        inflight = asyncio.ensure_future(burst(live.url, 4))
+        await asyncio.sleep(0.1)
+        worker.kill()
+        return await inflight
+
+    responses = asyncio.run(scenario())
+    assert len(responses) == 4
+    for response in responses:
+        assert response.status_code in (200, 500), response.text
+        if response.status_code == 500:
+            assert "worker died" in response.json()["detail"]
+    assert 500 in [r.status_code for r in responses]
+    replacement = [p for p in psutil.Process(live.process.pid).children() if p.pid != worker.pid]
+    assert replacement
+    assert httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}).json() == EXPECTED
