@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -55,3 +57,8 @@ def test_a_higher_confidence_keeps_fewer_objects(client):
     high = client.post("/detect", params={"confidence": 0.9}, files=upload("fruits.jpg")).json()["detections"]
     assert len(high) < len(low)
     assert all(d["confidence"] > 0.9 for d in high)
+
+
+def test_predict_says_what_it_drew_in_a_header(client):
+    response = client.post("/predict", params={"model": "yolov4-tiny"}, files=upload("fruits.jpg"))
+    assert json.loads(response.headers["x-yoso-counts"]) == EXPECTED_COUNTS["yolov4-tiny"]["fruits.jpg"]

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support import ROOT
 from yoso.config import DEFAULT_MODEL_DIR, Settings, SettingsError, load_settings
+from yoso.cores import available_cores
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,7 @@ def test_defaults():
     assert settings.default_model == "yolov3-tiny"
     assert settings.preload_models == ["yolov3-tiny", "yolov4-tiny"]
     assert settings.model_dir == DEFAULT_MODEL_DIR
-    assert settings.workers == os.cpu_count()
+    assert settings.workers == available_cores()
 
 
 @pytest.mark.parametrize("name", ["YOSO_DEV_MODE", "YOSO_dev_mode", "yoso_Dev_Mode"])

@@ -13,6 +13,7 @@ from yoso.api.errors import install_error_handlers
 from yoso.api.routes import router
 from yoso.api.security import install_security
 from yoso.config import Settings, load_settings
+from yoso.observability import install_observability
 from yoso.serving.service import InferenceService
 
 
@@ -40,4 +41,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.add_middleware(AdmissionMiddleware, service=service)
     install_security(app, settings)  # outermost: refuses unauthenticated requests before admission
+    install_observability(app, settings, service)  # last: logs and counts refused requests too
     return app

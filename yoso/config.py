@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from yoso.cores import available_cores
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "yoso" / "models"
 
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
 
     # Serving
     workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Inference worker processes (default: CPU count)."
+        default_factory=available_cores, ge=1, description="Inference worker processes (default: usable cores)."
     )
     max_batch_size: int = Field(1, ge=1, le=64, description="Images of one model run as one blob (1: no batching).")
     max_batch_delay_ms: float = Field(

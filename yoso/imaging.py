@@ -9,6 +9,7 @@ their models.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from PIL import Image, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
 JPEG_QUALITY = 90
+MAX_SIDE = 65_500  # the largest width or height a JPEG can have: /predict must be able to answer with the image
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: empty, so always these 12 bytes
+_JPEG_FILL = re.compile(rb"\xff*")
 
 
 class ImageError(ValueError):
@@ -58,6 +62,10 @@ def inspect(data: bytes, max_pixels: int) -> ImageInfo:
         raise ImageError(415, f"{info.format} images are not supported; send one of: {', '.join(SUPPORTED_FORMATS)}.")
     if info.width < 1 or info.height < 1:
         raise ImageError(422, f"The image declares {info.width}x{info.height} pixels; it has nothing to detect.")
+    if max(info.width, info.height) > MAX_SIDE:
+        raise ImageError(
+            413, f"The image is {info.width}x{info.height} pixels; each side must be at most {MAX_SIDE:,} pixels."
+        )
     if info.pixels > max_pixels:
         raise ImageError(
             413, f"The image is {info.width}x{info.height} = {info.pixels:,} pixels; the limit is {max_pixels:,}."
@@ -67,23 +75,48 @@ def inspect(data: bytes, max_pixels: int) -> ImageInfo:
 
 
 def _require_complete(data: bytes, image_format: str) -> None:
-    """Refuse truncated JPEG and PNG files, which OpenCV would otherwise half-decode into grey."""
+    """Refuse truncated JPEG and PNG files, which OpenCV would otherwise half-decode into grey.
+
+    Bytes after the end of the image (a polyglot's payload, a camera's trailer) are ignored, as OpenCV ignores them.
+    """
     if image_format == "JPEG":
-        # Entropy-coded data cannot contain FFD9, so the last scan must be followed by an end-of-image marker.
-        complete = data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
+        complete = _jpeg_has_end(data)
     elif image_format == "PNG":
-        complete = b"IEND" in data[-64:]
+        complete = _PNG_END in data
     else:
         return
     if not complete:
         raise ImageError(422, f"The {image_format} file is truncated: upload the complete file.")
 
 
+def _jpeg_has_end(data: bytes) -> bool:
+    """Whether an end-of-image marker follows the first scan of the main image.
+
+    The segments before that scan are skipped by their lengths, so an EXIF thumbnail (a whole JPEG inside APP1)
+    cannot stand in for the image's end; entropy-coded data cannot contain FFD9.
+    """
+    position = 2
+    while (position := data.find(b"\xff", position)) != -1:
+        position = _JPEG_FILL.match(data, position).end()  # past the marker's FF and any fill bytes
+        if position >= len(data):
+            return False
+        marker = data[position]
+        position += 1
+        if marker == 0xDA:
+            return data.find(b"\xff\xd9", position) != -1
+        if marker == 0xD9:
+            return False
+        if marker not in (0x00, 0x01) and not 0xD0 <= marker <= 0xD8:  # those carry no length
+            position += int.from_bytes(data[position : position + 2], "big")
+    return False
+
+
 def decode(data: bytes) -> np.ndarray:
     """A BGR uint8 image, as cv2.imread(path, cv2.IMREAD_COLOR) would return it."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
-        raise ImageError(422, "The image data is corrupt and could not be decoded: upload a valid image.")
+        raise ImageError(422, "The image could not be decoded: its data is corrupt or its pixel format is one OpenCV "
+                              "cannot read (such as floating-point TIFF); upload an 8- or 16-bit image.")
     return image
 
 

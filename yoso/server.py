@@ -10,7 +10,7 @@ import uvicorn
 
 from yoso.app import create_app
 from yoso.config import Settings, load_settings
-from yoso.observability.logging import configure_logging
+from yoso.observability.logging import configure_logging, logging_config
 from yoso.serving.service import InferenceService
 
 log = logging.getLogger("yoso.server")
@@ -36,7 +36,11 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     configure_logging(settings)
-    common = dict(host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
+    # uvicorn applies log_config again in the process it reloads (dev mode); yoso writes the access lines.
+    # reset_contextvars: each request starts from an empty context, not the one of the previous request on
+    # its keep-alive connection (which would nest its trace under that request's span; CPython #140947).
+    common = dict(host=settings.host, port=settings.port, log_config=logging_config(settings), access_log=False,
+                  reset_contextvars=True, log_level=settings.log_level,
                   timeout_graceful_shutdown=settings.shutdown_grace_s)
     if settings.dev_mode:
         uvicorn.run("yoso.app:create_app", factory=True, reload=True, reload_dirs=["yoso"], **common)

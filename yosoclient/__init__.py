@@ -1,9 +1,10 @@
-"""yosoclient: call a yoso server from Python (`Client`) or from the shell (`yosoclient`, `python -m yosoclient.cli`)."""
+"""yosoclient: call a yoso server from Python (`Client`) or the shell (`yosoclient`, `python -m yosoclient.cli`)."""
 
 from yosoclient.client import (
+    AnnotatedImage,
     Client,
-    DetectResult,
     Detection,
+    DetectResult,
     Health,
     Image,
     ModelInfo,
@@ -14,9 +15,10 @@ from yosoclient.client import (
 )
 
 __all__ = [
+    "AnnotatedImage",
     "Client",
-    "DetectResult",
     "Detection",
+    "DetectResult",
     "Health",
     "Image",
     "ModelInfo",

@@ -8,10 +8,12 @@ safe to share one `Client` between threads. Every failure, from a refused connec
 from __future__ import annotations
 
 import email.utils
+import json
 import os
+import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +27,7 @@ DEFAULT_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT_S = 60.0
 RETRIES_ON_503 = 3
 MAX_RETRY_WAIT_S = 10.0
+COUNTS_HEADER = "X-Yoso-Counts"  # /predict: what it drew, per label, as JSON
 
 Image = str | os.PathLike | bytes | np.ndarray
 """A path to an image file, the file's bytes, or a decoded image array (as cv2.imread returns it)."""
@@ -62,6 +65,19 @@ class Detection:
     confidence: float
     box: tuple[int, int, int, int]
     """x1, y1, x2, y2 in pixels of the image sent."""
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    jpeg: bytes
+    """The image with every detection's box, label and confidence drawn, at the input size."""
+    counts: dict[str, int]
+    """What was drawn, per label."""
+
+    def save(self, path: str | os.PathLike) -> Path:
+        target = Path(path)
+        target.write_bytes(self.jpeg)
+        return target
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,9 @@ def _retry_after_s(response: httpx.Response) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _detail(response: httpx.Response) -> str:
@@ -177,14 +195,17 @@ class Client:
 
     def predict(self, image: Image, model: str | None = None, confidence: float | None = None) -> bytes:
         """The image as JPEG with every detection's box, label and confidence drawn, at the input size."""
-        return self._upload("/predict", image, model, confidence).content
+        return self.annotate(image, model, confidence).jpeg
+
+    def annotate(self, image: Image, model: str | None = None, confidence: float | None = None) -> AnnotatedImage:
+        """`predict` and what it drew, per label, from one inference."""
+        response = self._upload("/predict", image, model, confidence)
+        return AnnotatedImage(response.content, json.loads(response.headers.get(COUNTS_HEADER, "{}")))
 
     def predict_to_file(self, image: Image, path: str | os.PathLike, model: str | None = None,
                         confidence: float | None = None) -> Path:
         """`predict`, written to `path` (a JPEG whatever the suffix); returns the path."""
-        target = Path(path)
-        target.write_bytes(self.predict(image, model, confidence))
-        return target
+        return self.annotate(image, model, confidence).save(path)
 
     def count_objects(self, image: Image, model: str | None = None, confidence: float | None = None) -> dict[str, int]:
         """How many objects of each label; labels with none are absent."""
@@ -233,6 +254,7 @@ class Client:
         except httpx.TimeoutException:
             raise YosoTimeout(None, f"no answer from {url} within {self.timeout:g} s") from None
         except httpx.ConnectError as error:
-            raise YosoConnectionError(None, f"cannot connect to {self.base_url} ({error})") from None
+            reason = re.sub(r"^\[Errno -?\d+\] ", "", str(error)) or "connection failed"
+            raise YosoConnectionError(None, f"cannot connect to {self.base_url}: {reason}") from None
         except httpx.HTTPError as error:
             raise YosoError(None, f"request to {url} failed: {error}") from None

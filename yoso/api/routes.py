@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Annotated
 
@@ -46,6 +47,8 @@ _ERRORS = {
 }
 _UPLOAD = {"openapi_extra": {"requestBody": UPLOAD_BODY_DOC}, "responses": _ERRORS}
 
+COUNTS_HEADER = "X-Yoso-Counts"
+
 router = APIRouter()
 
 
@@ -70,7 +73,7 @@ async def _detect(request: Request, service: InferenceService, model: str | None
         raise ApiError(409, str(error)) from None
     data = await read_image_upload(request, settings.max_upload_bytes)
     try:
-        imaging.inspect(data, settings.max_image_pixels)
+        await asyncio.to_thread(imaging.inspect, data, settings.max_image_pixels)  # Pillow parses headers in Python
     except imaging.ImageError as error:
         raise ApiError(error.status, str(error)) from None
     inference = asyncio.ensure_future(service.detect(name, confidence, data, annotate, endpoint))
@@ -97,17 +100,30 @@ async def _detect(request: Request, service: InferenceService, model: str | None
     return image, task
 
 
+_PREDICT_200 = {
+    "description": "The image as JPEG with boxes, labels and confidence drawn.",
+    "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+    "headers": {COUNTS_HEADER: {"description": 'Objects drawn, per label, as JSON: {"car": 2}.',
+                                "schema": {"type": "string"}}},
+}
+
+
 @router.post("/predict", response_class=Response, summary="The image with boxes, labels and confidence drawn",
-             **_UPLOAD | {"responses": _ERRORS | {200: {"content": {"image/jpeg": {}}, "description": "JPEG"}}})
+             **_UPLOAD | {"responses": _ERRORS | {200: _PREDICT_200}})
 async def predict(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
     image, _ = await _detect(request, service, model, confidence, annotate=True, endpoint="predict")
-    return Response(image.jpeg, media_type="image/jpeg")
+    counts = json.dumps(_counts(image), separators=(",", ":"))
+    return Response(image.jpeg, media_type="image/jpeg", headers={COUNTS_HEADER: counts})
 
 
 @router.post("/count_objects", response_model=CountResponse, summary="How many objects of each label", **_UPLOAD)
 async def count_objects(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
     image, _ = await _detect(request, service, model, confidence, annotate=False, endpoint="count_objects")
-    return CountResponse(items=dict(Counter(d.label for d in image.detections)))
+    return CountResponse(items=_counts(image))
+
+
+def _counts(image: ImageOutcome) -> dict[str, int]:
+    return dict(Counter(detection.label for detection in image.detections))
 
 
 @router.post("/detect", response_model=DetectResponse, summary="Detections as JSON", **_UPLOAD)

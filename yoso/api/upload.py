@@ -8,7 +8,7 @@ bytes actually received), and only the `file` part is kept. Its file name is nev
 from __future__ import annotations
 
 from fastapi import Request
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from yoso.api.errors import ApiError
@@ -40,6 +40,7 @@ class _Parts:
         self.is_file_part = False
         self.file: bytearray | None = None
         self.chunks: list[bytes] = []
+        self.ended = False  # the closing boundary was seen
 
     def callbacks(self) -> dict:
         return {
@@ -49,6 +50,7 @@ class _Parts:
             "on_header_end": self.on_header_end,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
         }
 
     def _append(self, name: str, data: bytes) -> None:
@@ -76,6 +78,13 @@ class _Parts:
             self.file = bytearray(b"".join(self.chunks))
         self.chunks = []
 
+    def on_end(self) -> None:
+        self.ended = True
+
+
+def _size(count: int) -> str:
+    return f"{count / (1024 * 1024):.1f} MB" if count >= 1024 * 1024 else f"{count:,} bytes"
+
 
 async def read_image_upload(request: Request, max_bytes: int) -> bytes:
     """The bytes of the `file` field; 413 past `max_bytes`, 422 when the form has no such field."""
@@ -83,24 +92,26 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise ApiError(422, f"Send the image as multipart/form-data in a field named '{FIELD}'.")
-    limit_mb = max_bytes / (1024 * 1024)
+    limit = _size(max_bytes)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise ApiError(413, f"The upload is {int(declared):,} bytes; the limit is {limit_mb:g} MB.")
+        raise ApiError(413, f"The upload is {int(declared):,} bytes; the limit is {limit}.")
     parts = _Parts()
-    parser = MultipartParser(boundary, parts.callbacks(), max_header_size=1024)
     received = 0
     try:
+        parser = MultipartParser(boundary, parts.callbacks(), max_header_size=1024)  # refuses a boundary > 256 bytes
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes + 64 * 1024:
-                raise ApiError(413, f"The upload is larger than the limit of {limit_mb:g} MB.")
+                raise ApiError(413, f"The upload is larger than the limit of {limit}.")
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as error:
+    except FormParserError as error:
         raise ApiError(422, f"The multipart body is malformed ({error}); send the image in a field named '{FIELD}'.")
+    if not parts.ended:
+        raise ApiError(422, "The multipart body ends before its closing boundary: send the complete upload.")
     if parts.file is None:
         raise ApiError(422, f"The form has no field named '{FIELD}'; send the image in it.")
     if len(parts.file) > max_bytes:
-        raise ApiError(413, f"The image is {len(parts.file):,} bytes; the limit is {limit_mb:g} MB.")
+        raise ApiError(413, f"The image is {len(parts.file):,} bytes; the limit is {limit}.")
     return bytes(parts.file)

@@ -1,0 +1,22 @@
+"""Metrics, traces and access logs, attached to the app from outside by `install_observability`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from yoso.config import Settings
+from yoso.observability.logging import AccessLogMiddleware
+from yoso.observability.metrics import METRICS_PATH, install_metrics
+from yoso.observability.tracing import install_tracing
+from yoso.serving.service import InferenceService
+
+QUIET_PATHS = (METRICS_PATH,)  # scraped every few seconds: kept out of metrics, traces and access logs
+
+
+def install_observability(app: FastAPI, settings: Settings, service: InferenceService) -> None:
+    """Call last in create_app, so that requests refused by earlier middleware are logged and counted too."""
+    if settings.prometheus_metrics:
+        install_metrics(app, service)
+    app.add_middleware(AccessLogMiddleware, skip_paths=QUIET_PATHS)
+    if settings.otel_instrument:
+        install_tracing(app, settings, service, skip_paths=QUIET_PATHS)

@@ -1,21 +1,98 @@
-"""Logs go to stdout, one line per event, at YOSO_LOG_LEVEL."""
+"""Logs go to stdout, one line per event, at YOSO_LOG_LEVEL: text for people, JSON lines for log pipelines.
+
+Every request gets one access line (method, path, status, duration, and the trace id when tracing is on)
+from AccessLogMiddleware; uvicorn's own access log is off, so lines are never doubled. The configuration
+is a dictConfig that uvicorn applies itself, so it also holds in the process uvicorn reloads in dev mode.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-import sys
+import logging.config
+import time
+from datetime import UTC, datetime
+from typing import Any
 
-from yoso.config import Settings
+from opentelemetry import trace
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from yoso.config import LogFormat, Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "trace_id")
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+access_log = logging.getLogger("yoso.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the access fields when present."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({field: getattr(record, field) for field in ACCESS_FIELDS if hasattr(record, field)})
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def logging_config(settings: Settings) -> dict[str, Any]:
+    """The dictConfig for yoso and uvicorn: everything through the root logger to stdout."""
+    formatter = ({"()": f"{__name__}.JsonFormatter"} if settings.log_format is LogFormat.json
+                 else {"format": TEXT_FORMAT})
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"yoso": formatter},
+        "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "yoso"}},
+        "root": {"level": "DEBUG" if settings.log_level == "trace" else settings.log_level.upper(),
+                 "handlers": ["stdout"]},
+        "loggers": {name: {"handlers": [], "propagate": True} for name in UVICORN_LOGGERS},
+    }
 
 
 def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper() if settings.log_level != "trace" else "DEBUG")
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+    logging.config.dictConfig(logging_config(settings))
+
+
+class AccessLogMiddleware:
+    """One line per request, written when the response is complete."""
+
+    def __init__(self, app: ASGIApp, skip_paths: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.skip_paths = skip_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.skip_paths:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            fields: dict[str, Any] = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+            message = "{method} {path} {status} {duration_ms} ms".format(**fields)
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                fields["trace_id"] = trace.format_trace_id(span.trace_id)
+                message += f" trace_id={fields['trace_id']}"
+            access_log.info(message, extra=fields)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from yoso.config import Settings
+from yoso.cores import available_cores
 from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
 from yoso.serving.pool import PoolStartError, WorkerPool
@@ -68,7 +69,7 @@ class InferenceService:
             size=settings.workers,
             model_dir=self.store.model_dir,
             preload=settings.preload_models,
-            cpu_count=os.cpu_count() or 1,
+            cpu_count=available_cores(),
         )
         self.pool.on_model_loaded = self._model_loaded
         self.scheduler = Scheduler(
@@ -122,8 +123,7 @@ class InferenceService:
         self.require(model)
         image, task = await self.scheduler.run(model, confidence, ImageJob(data, annotate))
         if image.error is None:
-            for observer in self.observers:
-                observer.image_done(model, endpoint, image, task)
+            self._notify("image_done", model, endpoint, image, task)
         return image, task
 
     def models(self) -> list[ModelStatus]:
@@ -137,9 +137,15 @@ class InferenceService:
 
     def shed(self) -> None:
         """A request was refused for want of capacity (503)."""
-        for observer in self.observers:
-            observer.request_shed()
+        self._notify("request_shed")
 
     def _model_loaded(self, model: str, seconds: float) -> None:
+        self._notify("model_loaded", model, seconds)
+
+    def _notify(self, event: str, *args: object) -> None:
+        """Observers watch; a failing one is logged and never fails the request it watches."""
         for observer in self.observers:
-            observer.model_loaded(model, seconds)
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                log.exception("observer %s failed on %s", type(observer).__name__, event)

@@ -1,0 +1,22 @@
+"""Worker and thread sizing follows the cores the process may use, including a container's CPU quota."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from yoso.cores import available_cores
+
+
+@pytest.mark.parametrize("cpu_max, cap", [("max 100000\n", None), ("100000 100000\n", 1), ("150000 100000\n", 2),
+                                          ("50000 100000\n", 1)])
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, cpu_max, cap):
+    quota_file = tmp_path / "cpu.max"
+    quota_file.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(quota_file) == (affinity if cap is None else min(affinity, cap))
+
+
+def test_without_a_cgroup_file_the_affinity_counts(tmp_path):
+    assert available_cores(tmp_path / "absent") == len(os.sched_getaffinity(0))

@@ -1,0 +1,182 @@
+"""/metrics and the access log of a real server: what each request adds, read back from the exposition.
+
+Counters are compared before and after a request, so the tests hold whatever traffic came earlier.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import EXPECTED_COUNTS, LiveServer, image_bytes
+from yoso.observability.metrics import REQUEST_SECONDS_BUCKETS
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(http: httpx.Client) -> Samples:
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def upload(name: str) -> dict:
+    return {"file": (name, image_bytes(name), "image/jpeg")}
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@contextmanager
+def stalled_upload(url: str) -> Iterator[None]:
+    """A /detect request whose body never finishes arriving: it stays in the server until closed."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.sendall(b"POST /detect HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+        yield
+
+
+def test_detect_counts_images_detections_labels_and_confidences(client):
+    before = scrape(client)
+    response = client.post("/detect", params={"model": "yolov3-tiny"}, files=upload("fruits.jpg"))
+    assert response.status_code == 200
+    body = response.json()
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("yoso_images_processed_total", model="yolov3-tiny", endpoint="detect") == 1
+    for label, count in EXPECTED_COUNTS["yolov3-tiny"]["fruits.jpg"].items():
+        assert delta("yoso_detections_total", model="yolov3-tiny", label=label) == count
+    assert delta("yoso_detection_confidence_count", model="yolov3-tiny") == len(body["detections"])
+    assert delta("yoso_detection_confidence_sum", model="yolov3-tiny") == pytest.approx(
+        sum(d["confidence"] for d in body["detections"]), abs=1e-3)
+    assert delta("yoso_inference_seconds_count", model="yolov3-tiny") == 1
+    assert delta("yoso_inference_seconds_sum", model="yolov3-tiny") == pytest.approx(body["inference_ms"] / 1000)
+    assert delta("yoso_decode_seconds_count") == 1
+    assert delta("yoso_input_megapixels_sum") == pytest.approx(body["width"] * body["height"] / 1e6)
+    assert delta("yoso_images_without_detections_total", model="yolov3-tiny") == 0
+    assert delta("yoso_annotate_encode_seconds_count") == 0  # /detect draws nothing
+
+
+def test_an_image_with_nothing_found_is_a_null_prediction(client):
+    before = scrape(client)
+    response = client.post("/detect", params={"model": "yolov4-tiny", "confidence": 0.999}, files=upload("clock.jpg"))
+    assert response.json()["detections"] == []
+    after = scrape(client)
+    assert (value(after, "yoso_images_without_detections_total", model="yolov4-tiny")
+            - value(before, "yoso_images_without_detections_total", model="yolov4-tiny")) == 1
+
+
+def test_predict_records_annotate_encode_and_the_http_request(client):
+    before = scrape(client)
+    assert client.post("/predict", files=upload("dog_person_horse.jpg")).status_code == 200
+    after = scrape(client)
+    assert value(after, "yoso_annotate_encode_seconds_count") - value(before, "yoso_annotate_encode_seconds_count") == 1
+    request = {"handler": "/predict", "method": "POST"}
+    assert (value(after, "http_requests_total", status="200", **request)
+            - value(before, "http_requests_total", status="200", **request)) == 1
+    assert (value(after, "http_request_duration_seconds_count", **request)
+            - value(before, "http_request_duration_seconds_count", **request)) == 1
+
+
+def test_latency_buckets_span_20_ms_to_10_s(client):
+    client.get("/healthz")
+    bounds = {dict(labels)["le"] for name, labels in scrape(client) if name == "http_request_duration_seconds_bucket"}
+    assert {float(b) for b in bounds} == {*map(float, REQUEST_SECONDS_BUCKETS), float("inf")}
+    assert min(REQUEST_SECONDS_BUCKETS) == 0.02 and max(REQUEST_SECONDS_BUCKETS) == 10
+
+
+def test_errors_are_counted_by_status_and_process_no_image(client):
+    before = scrape(client)
+    assert client.post("/detect", params={"model": "no-such-model"}, files=upload("car.jpg")).status_code == 404
+    assert client.post("/detect", files={"wrong": ("car.jpg", b"x")}).status_code == 422
+    after = scrape(client)
+    for status in ("404", "422"):
+        labels = {"handler": "/detect", "method": "POST", "status": status}
+        assert value(after, "http_requests_total", **labels) - value(before, "http_requests_total", **labels) == 1
+    assert (value(after, "yoso_images_processed_total", model="yolov3-tiny", endpoint="detect")
+            == value(before, "yoso_images_processed_total", model="yolov3-tiny", endpoint="detect"))
+
+
+def test_every_worker_process_is_reported(client):
+    """The session server runs two worker processes with both tiny models; /metrics sees all of them."""
+    samples = scrape(client)
+    models = {m["name"]: m["workers_loaded"] for m in client.get("/models").json()["models"]}
+    for model, workers in models.items():
+        assert value(samples, "yoso_model_loaded_workers", model=model) == workers
+    assert value(samples, "yoso_model_loaded_workers", model="yolov3-tiny") == 2
+    assert value(samples, "yoso_model_load_seconds_count", model="yolov3-tiny") >= 2
+    assert value(samples, "yoso_model_load_seconds_sum", model="yolov3-tiny") > 0
+
+
+def test_metrics_is_left_out_of_its_own_metrics_and_of_the_access_log(server, client):
+    client.get("/metrics")
+    client.get("/healthz")
+    samples = scrape(client)
+    assert not [key for key in samples if ("handler", "/metrics") in key[1]]
+    assert value(samples, "http_requests_total", handler="/healthz", method="GET", status="200") >= 1
+    access_lines = [line for line in server.log().splitlines() if " yoso.access: " in line]
+    assert any(" GET /healthz 200 " in line for line in access_lines)
+    assert not [line for line in access_lines if "/metrics" in line]
+
+
+def test_one_access_line_per_request_with_method_path_status_and_duration(server, client):
+    client.post("/count_objects", params={"confidence": 0.6}, files=upload("car2.jpg"))
+    lines = [line for line in server.log().splitlines() if " yoso.access: POST /count_objects 200 " in line]
+    assert lines
+    assert lines[-1].endswith(" ms")  # tracing is off on this server: no trace id
+    assert "uvicorn.access" not in server.log()  # uvicorn's own access log is off: no doubled lines
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory) -> Iterator[LiveServer]:
+    """Room for exactly one request: one worker, no queue."""
+    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_MAX_QUEUE": "0", "YOSO_PRELOAD_MODELS": "yolov3-tiny"})
+    live.start(tmp_path_factory.mktemp("small") / "server.log")
+    yield live
+    live.stop()
+
+
+def test_in_flight_gauge_counts_requests_being_handled(small_server):
+    with httpx.Client(base_url=small_server.url, timeout=30) as http:
+        assert value(scrape(http), "yoso_requests_in_flight") == 0  # the scrape itself is not counted
+        with stalled_upload(small_server.url):
+            assert eventually(lambda: value(scrape(http), "yoso_requests_in_flight") == 1)
+        assert eventually(lambda: value(scrape(http), "yoso_requests_in_flight") == 0)
+
+
+def test_a_request_refused_at_capacity_is_counted_as_shed(small_server):
+    with httpx.Client(base_url=small_server.url, timeout=30) as http:
+        before = scrape(http)
+        with stalled_upload(small_server.url):
+            assert eventually(lambda: value(scrape(http), "yoso_requests_in_flight") == 1)
+            refused = http.post("/detect", files=upload("car.jpg"))
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        after = scrape(http)
+    assert value(after, "yoso_requests_shed_total") - value(before, "yoso_requests_shed_total") == 1
+    labels = {"handler": "/detect", "method": "POST", "status": "503"}
+    assert value(after, "http_requests_total", **labels) - value(before, "http_requests_total", **labels) == 1

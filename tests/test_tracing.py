@@ -1,0 +1,254 @@
+"""Traces from a real server process, as the exporters put them on the wire.
+
+No Zipkin server or OpenTelemetry collector can be installed here, so each test runs a loopback HTTP
+receiver that stands in for one: it decodes what the exporters post (Zipkin v2 JSON; OTLP protobuf, as
+opentelemetry-proto defines it) and the tests assert the span tree (server span -> decode / inference /
+encode), the service name and the attributes. Spans are flushed every 100 ms (OTEL_BSP_SCHEDULE_DELAY).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
+
+from tests.support import ROOT, LiveServer, free_port, image_bytes
+from yoso.config import load_settings
+from yoso.observability.tracing import tracer_provider
+
+TRACED = {
+    "YOSO_OTEL_INSTRUMENT": "true",
+    "OTEL_BSP_SCHEDULE_DELAY": "100",
+    "YOSO_WORKERS": "1",
+    "YOSO_PRELOAD_MODELS": "yolov3-tiny",
+}
+
+
+@dataclass(frozen=True)
+class Post:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class SpanReceiver:
+    """A loopback stand-in for a Zipkin server or an OTLP/HTTP collector: keeps every POST it gets."""
+
+    def __init__(self) -> None:
+        self.posts: list[Post] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.posts.append(Post(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(202 if self.path.startswith("/api/v2") else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def zipkin_spans(self) -> list[dict]:
+        return [span for post in self.posts for span in json.loads(post.body)]
+
+    def otlp_requests(self) -> list[ExportTraceServiceRequest]:
+        requests = []
+        for post in self.posts:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(post.body)
+            requests.append(request)
+        return requests
+
+
+def wait_for(found: Callable[[], list], timeout_s: float = 20) -> list:
+    deadline = time.monotonic() + timeout_s
+    while not (result := found()):
+        assert time.monotonic() < deadline, "the expected spans never arrived"
+        time.sleep(0.1)
+    return result
+
+
+def upload(name: str) -> dict:
+    return {"file": (name, image_bytes(name), "image/jpeg")}
+
+
+@pytest.fixture()
+def receiver() -> Iterator[SpanReceiver]:
+    receiver = SpanReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture()
+def start_server(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], LiveServer]]:
+    started: list[LiveServer] = []
+
+    def start(env: dict[str, str]) -> LiveServer:
+        live = LiveServer(env={**TRACED, **env})
+        started.append(live)
+        return live.start(tmp_path / f"server{len(started)}.log")
+
+    yield start
+    for live in started:
+        live.stop()
+
+
+def zipkin_tree(spans: list[dict], path: str) -> tuple[dict, dict[str, dict]]:
+    """The server span of the request to `path` and its children by name."""
+    [root] = [s for s in spans if s.get("kind") == "SERVER" and s["tags"].get("http.target", "").startswith(path)]
+    children = {s["name"]: s for s in spans if s.get("parentId") == root["id"]}
+    return root, children
+
+
+def test_zipkin_gets_the_server_span_with_decode_inference_and_encode_children(receiver, start_server):
+    live = start_server({"YOSO_OTEL_INSTRUMENT_EXPORTER": "zipkin", "YOSO_SERVICE_NAME": "yoso-under-test",
+                         "YOSO_ZIPKIN_ENDPOINT": receiver.url + "/api/v2/spans"})
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        detected = http.post("/detect", params={"confidence": 0.4}, files=upload("dog_person_horse.jpg")).json()
+        assert http.post("/predict", files=upload("fruits.jpg")).status_code == 200
+        http.get("/metrics")
+        http.get("/healthz")  # spans are exported in the order they end: this one comes after /metrics
+    spans = wait_for(lambda: [s for s in receiver.zipkin_spans() if s["tags"].get("http.target") == "/healthz"]
+                     and receiver.zipkin_spans())
+
+    assert {post.headers["content-type"] for post in receiver.posts} == {"application/json"}
+    assert {span["localEndpoint"]["serviceName"] for span in spans} == {"yoso-under-test"}
+    assert not [s for s in spans if "/metrics" in json.dumps(s)]
+
+    root, children = zipkin_tree(spans, "/detect")
+    assert root["name"] == "POST /detect" and "parentId" not in root
+    assert set(children) == {"decode", "inference"}  # /detect draws and encodes nothing
+    inference = children["inference"]["tags"]
+    assert inference["yoso.model"] == "yolov3-tiny"
+    assert float(inference["yoso.confidence"]) == 0.4
+    assert (int(inference["yoso.image.width"]), int(inference["yoso.image.height"])) == (
+        detected["width"], detected["height"])
+    assert int(inference["yoso.detections"]) == len(detected["detections"]) > 0
+    assert abs(children["inference"]["duration"] / 1000 - detected["inference_ms"]) < 1
+
+    root, children = zipkin_tree(spans, "/predict")
+    assert set(children) == {"decode", "inference", "encode"}
+    assert children["decode"]["timestamp"] < children["inference"]["timestamp"] < children["encode"]["timestamp"]
+    for child in children.values():
+        assert child["traceId"] == root["traceId"]
+        assert root["timestamp"] <= child["timestamp"]
+        assert child["timestamp"] + child["duration"] <= root["timestamp"] + root["duration"]
+
+    access = [line for line in live.log().splitlines() if " yoso.access: POST /predict 200 " in line]
+    assert access and access[-1].endswith(f"trace_id={root['traceId']}")
+
+
+def test_otlp_carries_the_same_tree_and_otel_service_name_wins(receiver, start_server):
+    live = start_server({"YOSO_OTEL_INSTRUMENT_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                         "OTEL_SERVICE_NAME": "named-by-the-platform", "YOSO_SERVICE_NAME": "yoso-under-test",
+                         "YOSO_LOG_FORMAT": "json"})
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        assert http.post("/predict", params={"confidence": 0.3}, files=upload("car2.jpg")).status_code == 200
+
+    def server_span_arrived() -> list:
+        return [s for r in receiver.otlp_requests() for rs in r.resource_spans for ss in rs.scope_spans
+                for s in ss.spans if s.kind == OtlpSpan.SPAN_KIND_SERVER and s.name == "POST /predict"]
+
+    [root] = wait_for(server_span_arrived)
+    assert {post.path for post in receiver.posts} == {"/v1/traces"}
+    assert {post.headers["content-type"] for post in receiver.posts} == {"application/x-protobuf"}
+    resource_spans = [rs for r in receiver.otlp_requests() for rs in r.resource_spans]
+    names = {a.value.string_value for rs in resource_spans for a in rs.resource.attributes if a.key == "service.name"}
+    assert names == {"named-by-the-platform"}
+    spans = [s for rs in resource_spans for ss in rs.scope_spans for s in ss.spans]
+    children = {s.name: s for s in spans if s.parent_span_id == root.span_id}
+    assert set(children) == {"decode", "inference", "encode"}
+    attributes = {a.key: a.value for a in children["inference"].attributes}
+    assert attributes["yoso.model"].string_value == "yolov3-tiny"
+    assert attributes["yoso.confidence"].double_value == 0.3
+    assert (attributes["yoso.image.width"].int_value, attributes["yoso.image.height"].int_value) == (275, 183)
+    assert attributes["yoso.detections"].int_value >= 2
+    for child in children.values():
+        assert child.trace_id == root.trace_id
+        assert root.start_time_unix_nano <= child.start_time_unix_nano <= child.end_time_unix_nano
+        assert child.end_time_unix_nano <= root.end_time_unix_nano
+
+    lines = [json.loads(line) for line in live.log().splitlines() if line.strip()]  # every line is JSON
+    [access] = [line for line in lines if line["logger"] == "yoso.access" and line["path"] == "/predict"]
+    assert access["method"] == "POST" and access["status"] == 200 and access["duration_ms"] > 0
+    assert access["trace_id"] == root.trace_id.hex()
+
+
+@pytest.mark.parametrize("exporter", ["zipkin", "otlp"])
+def test_a_collector_that_is_down_fails_no_request(exporter, start_server):
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    live = start_server({"YOSO_OTEL_INSTRUMENT_EXPORTER": exporter, "YOSO_ZIPKIN_ENDPOINT": closed + "/api/v2/spans",
+                         "OTEL_EXPORTER_OTLP_ENDPOINT": closed, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"})
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        for _ in range(3):
+            assert http.post("/count_objects", files=upload("car.jpg")).json() == {"items": {"car": 1}}
+            time.sleep(0.3)  # let an export attempt fail in between
+        assert http.get("/readyz").status_code == 200
+    log = live.log()
+    traced = [line for line in log.splitlines() if "POST /count_objects 200" in line and "trace_id=" in line]
+    assert len(traced) == 3
+    assert "Traceback" not in log  # a failed export is a warning line, not a stack trace
+
+
+def test_tracing_works_in_dev_mode_with_spans_on_the_console(start_server):
+    live = start_server({"YOSO_DEV_MODE": "true", "YOSO_OTEL_INSTRUMENT_EXPORTER": "console"})
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        assert http.post("/detect", files=upload("car.jpg")).status_code == 200
+
+    def console_spans() -> list[dict]:
+        return [json.loads(line) for line in live.log().splitlines() if line.startswith('{"name": ')]
+
+    spans = wait_for(lambda: [s for s in console_spans() if s["name"] == "POST /detect"] and console_spans())
+    [root] = [s for s in spans if s["name"] == "POST /detect"]
+    children = {s["name"] for s in spans if s["parent_id"] == root["context"]["span_id"]}
+    assert children == {"decode", "inference"}
+    assert root["resource"]["attributes"]["service.name"] == "yoso"
+    trace_id = root["context"]["trace_id"].removeprefix("0x")
+    assert [line for line in live.log().splitlines() if " yoso.access: POST /detect 200 " in line
+            and line.endswith(f"trace_id={trace_id}")]
+
+
+def test_an_unknown_exporter_stops_start_up_with_one_clear_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "yoso.server"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "YOSO_OTEL_INSTRUMENT": "true",
+             "YOSO_OTEL_INSTRUMENT_EXPORTER": "jaeger", "YOSO_PORT": str(free_port())},
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "yoso: bad setting YOSO_OTEL_INSTRUMENT_EXPORTER='jaeger': Input should be 'console', 'zipkin' or 'otlp'")
+
+
+def test_sampling_is_parent_based_at_the_configured_ratio():
+    provider = tracer_provider(load_settings(otel_sampling_ratio=0.25))
+    try:
+        assert provider.sampler.get_description().startswith("ParentBased{root:TraceIdRatioBased{0.25}")
+    finally:
+        provider.shutdown()

@@ -1,0 +1,1 @@
+"""`python -m yoso.bench`: the raw model's limits and the server against them, in one run on one machine."""

@@ -1,0 +1,145 @@
+"""`python -m yoso.bench`: raw model limits, then the server over HTTP at rising concurrency, in one run.
+
+Prints a table and the targets, and writes the figures as JSON. Every ratio compares figures taken in
+this one run on this one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import cv2
+
+from yoso.bench.live_server import LiveServer
+from yoso.bench.load import LoadResult, run_load
+from yoso.bench.raw import nets_per_core, one_net_all_cores, single_image_latency_ms
+from yoso.config import load_settings
+from yoso.model.store import ModelStore
+from yoso.model.zoo import ZOO
+
+ENDPOINT = "/count_objects"
+_COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    value: float
+    op: str
+    bound: float
+
+    @property
+    def met(self) -> bool:
+        return _COMPARE[self.op](self.value, self.bound)
+
+
+def _server_phase(label: str, live: LiveServer, images: list[bytes], concurrency: int, seconds: float) -> dict:
+    result: LoadResult = run_load("127.0.0.1", live.port, ENDPOINT, images, concurrency, seconds)
+    row = {
+        "phase": label,
+        "concurrency": concurrency,
+        "images_per_s": result.images_per_s,
+        "p50_ms": result.ok_ms(0.50),
+        "p95_ms": result.ok_ms(0.95),
+        "p99_ms": result.ok_ms(0.99),
+        "errors": result.errors,
+        "error_statuses": dict(result.error_statuses),
+        "shed_share": result.shed_share,
+        "shed_p99_ms": result.shed_ms(0.99),
+    }
+    click.echo(f"  {label:28s} c={concurrency:<3d} {row['images_per_s']:6.1f} img/s  p50 {row['p50_ms']:6.1f}  "
+               f"p99 {row['p99_ms']:6.1f} ms  shed {row['shed_share']:5.1%}  errors {row['errors']}"
+               + (f" {row['error_statuses']}" if row["errors"] else ""))
+    return row
+
+
+def _start_server(model: str, workers: int, extra: dict[str, str], log_dir: Path) -> LiveServer:
+    env = {"YOSO_PRELOAD_MODELS": model, "YOSO_DEFAULT_MODEL": model, "YOSO_WORKERS": str(workers),
+           "YOSO_LOG_LEVEL": "warning", **extra}
+    return LiveServer(env=env).start(log_dir / f"server-{len(list(log_dir.iterdir()))}.log")
+
+
+@click.command()
+@click.option("--model", default="yolov3-tiny", show_default=True, help="Model to benchmark.")
+@click.option("--images", "image_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=Path("tests/data"), show_default=True, help="Directory of JPEG sample images.")
+@click.option("--seconds", default=10.0, show_default=True, help="Measured seconds per phase.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/results/latest.json"),
+              show_default=True, help="Where to write the JSON figures.")
+def main(model: str, image_dir: Path, seconds: float, out: Path) -> None:
+    """Measure the raw model and the server on this machine, and check the targets.
+
+    Example: python -m yoso.bench --seconds 10
+    """
+    settings = load_settings()
+    files = ModelStore(settings.model_dir).files(ZOO[model])
+    if files is None:
+        raise click.ClickException(f"{model} is not installed: run `python -m yoso.models pull {model}`")
+    images = [path.read_bytes() for path in sorted(image_dir.glob("*.jpg"))]
+    cores = os.cpu_count() or 1
+    workers = settings.workers
+    click.echo(f"yoso bench: {model}, {len(images)} images, {cores} cores, {workers} workers, {seconds:g} s/phase")
+
+    click.echo("raw model, in-process (decode + detect, no HTTP):")
+    latency_ms = single_image_latency_ms(model, files, images, threads=cores)
+    layouts = [one_net_all_cores(model, files, images, cores, seconds), nets_per_core(model, files, images, cores, seconds)]
+    for layout in layouts:
+        click.echo(f"  {layout.layout:28s} {layout.images_per_s:6.1f} img/s")
+    raw_limit = max(layout.images_per_s for layout in layouts)
+    click.echo(f"  single image, 1 net x {cores} threads: {latency_ms:.1f} ms (median)")
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="yoso-bench-") as logs:
+        log_dir = Path(logs)
+        click.echo("server over HTTP, /count_objects, keep-alive clients:")
+        live = _start_server(model, workers, {}, log_dir)
+        try:
+            for label, concurrency in (("concurrency 1", 1), ("concurrency = workers", workers),
+                                       ("concurrency = 4 x workers", 4 * workers),
+                                       ("overload: 16 x workers", 16 * workers)):
+                rows.append(_server_phase(label, live, images, concurrency, seconds))
+        finally:
+            live.stop()
+        batch_env = {"YOSO_MAX_BATCH_SIZE": "4", "YOSO_MAX_BATCH_DELAY_MS": "5"}
+        live = _start_server(model, workers, batch_env, log_dir)
+        try:
+            rows.append(_server_phase("batching on (4, 5 ms), 4 x w", live, images, 4 * workers, seconds))
+        finally:
+            live.stop()
+
+    single, full, overload = rows[0], rows[2], rows[3]
+    checks = [
+        Target("server / raw limit at 4 x workers", full["images_per_s"] / raw_limit, ">=", 0.95),
+        Target("p50 at concurrency 1 - raw single-image latency (ms)", single["p50_ms"] - latency_ms, "<=", 10),
+        Target("overload goodput / raw limit", overload["images_per_s"] / raw_limit, ">=", 0.9),
+        Target("overload p99 of accepted / p50 at concurrency 1", overload["p99_ms"] / single["p50_ms"], "<=", 4),
+        Target("overload: p99 of a shed request (ms)", overload["shed_p99_ms"], "<", 5),
+    ]
+    click.echo(f"raw limit (best layout): {raw_limit:.1f} img/s")
+    for check in checks:
+        click.echo(f"  {'met' if check.met else 'MISSED':6s} {check.name}: {check.value:.2f} {check.op} {check.bound:g}")
+
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cores": cores, "cpu": platform.processor() or platform.machine(), "opencv": cv2.__version__},
+        "model": model, "workers": workers, "seconds_per_phase": seconds,
+        "raw": {"layouts": [asdict(layout) for layout in layouts], "limit_images_per_s": raw_limit,
+                "single_image_ms": latency_ms},
+        "server": rows,
+        "targets": [asdict(check) | {"met": check.met} for check in checks],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    click.echo(f"figures written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Prometheus metrics on /metrics: HTTP traffic from prometheus-fastapi-instrumentator, inference from an observer.
+
+Every metric lives in a registry of the app's own, not in prometheus_client's global one, so that building
+the app twice in one process (tests, dev-mode reload) never fails on duplicated time series. The server is
+one process: inference worker processes only send results back, and everything is recorded here, so
+/metrics reports every worker without Prometheus' multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as http_metrics
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from yoso.model.zoo import ZOO
+from yoso.serving.pool import WorkerPool
+from yoso.serving.service import InferenceService
+from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
+
+METRICS_PATH = "/metrics"
+
+# Whole requests: a probe answers in a millisecond, a big image on a busy server takes seconds.
+REQUEST_SECONDS_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10)
+INFERENCE_SECONDS_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10)
+STAGE_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+MODEL_LOAD_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+MEGAPIXELS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 12, 20, 40)
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class InferenceMetrics:
+    """yoso's own metrics: what the models cost and what they see."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.inference_seconds = Histogram(
+            "yoso_inference_seconds", "Forward pass of one batch, in the worker process.", ["model"],
+            buckets=INFERENCE_SECONDS_BUCKETS, registry=registry)
+        self.decode_seconds = Histogram(
+            "yoso_decode_seconds", "Decoding one uploaded image into pixels.",
+            buckets=STAGE_SECONDS_BUCKETS, registry=registry)
+        self.annotate_encode_seconds = Histogram(
+            "yoso_annotate_encode_seconds", "Drawing the boxes on one image and encoding it as JPEG (/predict).",
+            buckets=STAGE_SECONDS_BUCKETS, registry=registry)
+        self.images = Counter(
+            "yoso_images_processed_total", "Images run through a model.", ["model", "endpoint"], registry=registry)
+        self.detections = Counter(
+            "yoso_detections_total", "Objects detected, by label.", ["model", "label"], registry=registry)
+        self.images_without_detections = Counter(
+            "yoso_images_without_detections_total", "Images in which the model found nothing (null predictions).",
+            ["model"], registry=registry)
+        self.confidence = Histogram(
+            "yoso_detection_confidence", "Confidence of each reported detection.", ["model"],
+            buckets=CONFIDENCE_BUCKETS, registry=registry)
+        self.input_megapixels = Histogram(
+            "yoso_input_megapixels", "Size of each decoded input image, in millions of pixels.",
+            buckets=MEGAPIXELS_BUCKETS, registry=registry)
+        self.model_load_seconds = Histogram(
+            "yoso_model_load_seconds", "Loading and warming a model in one worker process.", ["model"],
+            buckets=MODEL_LOAD_SECONDS_BUCKETS, registry=registry)
+        self.requests_in_flight = Gauge(
+            "yoso_requests_in_flight", "HTTP requests being handled now (/metrics excluded).", registry=registry)
+        self.requests_shed = Counter(
+            "yoso_requests_shed_total", "Requests refused with 503 because the server was at capacity.",
+            registry=registry)
+        for model in ZOO:  # zero from the start, so that rate() and ratios work before the first image
+            self.images_without_detections.labels(model)
+            self.model_load_seconds.labels(model)
+
+
+class MetricsObserver:
+    """An InferenceObserver that turns each processed image into metrics."""
+
+    def __init__(self, metrics: InferenceMetrics) -> None:
+        self.metrics = metrics
+        # A batch is one forward pass shared by several requests: its duration counts once. TaskOutcome is
+        # unhashable, so batches are remembered by id() until the outcome is garbage-collected.
+        self._batches_seen: dict[int, weakref.ref[TaskOutcome]] = {}
+
+    def image_done(self, model: str, endpoint: str, image: ImageOutcome, task: TaskOutcome) -> None:
+        m = self.metrics
+        m.images.labels(model, endpoint).inc()
+        m.input_megapixels.observe(image.width * image.height / 1e6)
+        if image.decode is not None:
+            m.decode_seconds.observe(_seconds(image.decode))
+        if image.encode is not None:
+            m.annotate_encode_seconds.observe(_seconds(image.encode))
+        if task.inference is not None and self._first_sight(task):
+            m.inference_seconds.labels(model).observe(_seconds(task.inference))
+        if not image.detections:
+            m.images_without_detections.labels(model).inc()
+        for detection in image.detections:
+            m.detections.labels(model, detection.label).inc()
+            m.confidence.labels(model).observe(detection.confidence)
+
+    def _first_sight(self, task: TaskOutcome) -> bool:
+        key = id(task)
+        if key in self._batches_seen:
+            return False
+        self._batches_seen[key] = weakref.ref(task, lambda _: self._batches_seen.pop(key, None))
+        return True
+
+    def model_loaded(self, model: str, seconds: float) -> None:
+        self.metrics.model_load_seconds.labels(model).observe(seconds)
+
+    def request_shed(self) -> None:
+        self.metrics.requests_shed.inc()
+
+
+class LoadedModels(Collector):
+    """yoso_model_loaded_workers, read from the pool at scrape time: it drops when a worker dies."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily("yoso_model_loaded_workers",
+                                  "Worker processes holding the model in memory (0: not loaded).", labels=["model"])
+        for model in ZOO:
+            gauge.add_metric([model], self.pool.workers_with(model))
+        yield gauge
+
+
+class InFlightMiddleware:
+    """Counts the HTTP requests being handled, /metrics excluded."""
+
+    def __init__(self, app: ASGIApp, gauge: Gauge, skip_paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.gauge = gauge
+        self.skip_paths = skip_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.skip_paths:
+            await self.app(scope, receive, send)
+            return
+        self.gauge.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gauge.dec()
+
+
+def install_metrics(app: FastAPI, service: InferenceService) -> CollectorRegistry:
+    """Serve /metrics and record HTTP and inference metrics into a registry of the app's own."""
+    disable_created_metrics()  # process-wide: the *_created series double the output and no query here uses them
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    registry.register(LoadedModels(service.pool))
+    metrics = InferenceMetrics(registry)
+    service.observers.append(MetricsObserver(metrics))
+
+    instrumentator = Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=[f"^{METRICS_PATH}$"],
+        registry=registry,
+    )
+    instrumentator.add(
+        http_metrics.requests(registry=registry),
+        http_metrics.latency(should_include_status=False, buckets=REQUEST_SECONDS_BUCKETS, registry=registry),
+    )
+    instrumentator.instrument(app)
+    app.add_middleware(InFlightMiddleware, gauge=metrics.requests_in_flight, skip_paths=(METRICS_PATH,))
+    instrumentator.expose(app, endpoint=METRICS_PATH, include_in_schema=False)
+    return registry
+
+
+def _seconds(interval: Interval) -> float:
+    return (interval[1] - interval[0]) / 1e9

@@ -1,0 +1,130 @@
+"""OpenTelemetry traces: one server span per request, with the worker's stages as child spans.
+
+FastAPI's instrumentation opens the server span. Decoding, inference and annotate+encode ran in a worker
+process, which reports their time.time_ns() intervals; the TracingObserver turns them into child spans
+after the fact. It is called inside the request's handler, so the current span is the request's.
+
+Spans leave through a BatchSpanProcessor: a background thread exports them, so a slow or absent collector
+costs a request nothing (spans are dropped when its queue is full). Exporters: console (one JSON line per
+span on stdout), zipkin (Zipkin v2 JSON; OpenTelemetry deprecated it in December 2025) and otlp (OTLP over
+HTTP, configured by the standard OTEL_EXPORTER_OTLP_* variables; the long-term path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+
+import requests
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.exporter.zipkin import json as zipkin
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.util.types import Attributes
+
+from yoso import __version__
+from yoso.config import Settings, TraceExporter
+from yoso.serving.service import InferenceService
+from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
+
+log = logging.getLogger(__name__)
+
+
+class ZipkinExporter(zipkin.ZipkinExporter):
+    """Zipkin's exporter, with a one-line warning instead of a traceback when the server cannot be reached."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            return super().export(spans)
+        except requests.RequestException as error:
+            log.warning("could not send %d spans to Zipkin at %s: %s", len(spans), self.endpoint, error)
+            return SpanExportResult.FAILURE
+
+
+def span_exporter(settings: Settings) -> SpanExporter:
+    exporter = settings.otel_instrument_exporter
+    if exporter is TraceExporter.zipkin:
+        return ZipkinExporter(endpoint=settings.zipkin_endpoint)
+    if exporter is TraceExporter.otlp:
+        return OTLPSpanExporter()  # endpoint, headers, timeout, compression: the OTEL_EXPORTER_OTLP_* variables
+    return ConsoleSpanExporter(formatter=_one_line)
+
+
+def service_resource(settings: Settings) -> Resource:
+    """YOSO_SERVICE_NAME names the service unless the platform set OTEL_SERVICE_NAME (or service.name)."""
+    attributes: dict[str, str] = {SERVICE_VERSION: __version__}
+    if SERVICE_NAME not in OTELResourceDetector().detect().attributes:
+        attributes[SERVICE_NAME] = settings.service_name
+    return Resource.create(attributes)
+
+
+def tracer_provider(settings: Settings) -> TracerProvider:
+    """A provider of the app's own (not the global one), sampling parent-based at YOSO_OTEL_SAMPLING_RATIO."""
+    provider = TracerProvider(
+        resource=service_resource(settings),
+        sampler=ParentBased(TraceIdRatioBased(settings.otel_sampling_ratio)),
+    )
+    provider.add_span_processor(BatchSpanProcessor(span_exporter(settings)))
+    return provider
+
+
+class TracingObserver:
+    """An InferenceObserver that adds the decode, inference and encode spans under the request's span."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+
+    def image_done(self, model: str, endpoint: str, image: ImageOutcome, task: TaskOutcome) -> None:
+        if not trace.get_current_span().is_recording():
+            return  # the request was sampled out
+        self._stage("decode", image.decode)
+        attributes = {
+            "yoso.model": model,
+            "yoso.image.width": image.width,
+            "yoso.image.height": image.height,
+            "yoso.detections": len(image.detections),
+            "yoso.batch_size": len(task.images),
+        }
+        if task.confidence is not None:
+            attributes["yoso.confidence"] = task.confidence
+        self._stage("inference", task.inference, attributes)
+        self._stage("encode", image.encode)
+
+    def model_loaded(self, model: str, seconds: float) -> None:
+        """Model loads happen outside requests; metrics record them."""
+
+    def request_shed(self) -> None:
+        trace.get_current_span().add_event("yoso.shed", {"reason": "server at capacity"})
+
+    def _stage(self, name: str, interval: Interval | None, attributes: Attributes = None) -> None:
+        if interval is None:
+            return
+        span = self.tracer.start_span(name, start_time=interval[0], attributes=attributes)
+        span.end(end_time=interval[1])
+
+
+def install_tracing(app: FastAPI, settings: Settings, service: InferenceService,
+                    skip_paths: tuple[str, ...]) -> TracerProvider:
+    provider = tracer_provider(settings)
+    service.observers.append(TracingObserver(provider.get_tracer(__name__, __version__)))
+    excluded = ",".join(rf"^[a-z]+://[^/]+{re.escape(path)}$" for path in skip_paths)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=excluded,
+                                       exclude_spans=["receive", "send"])
+    destination = {
+        TraceExporter.zipkin: f" to {settings.zipkin_endpoint}",
+        TraceExporter.otlp: " to the OTEL_EXPORTER_OTLP_* endpoint (default http://localhost:4318)",
+    }.get(settings.otel_instrument_exporter, " to stdout")
+    log.info("tracing: %s exporter%s, sampling %g%% of new traces", settings.otel_instrument_exporter.value,
+             destination, 100 * settings.otel_sampling_ratio)
+    return provider
+
+
+def _one_line(span: ReadableSpan) -> str:
+    return span.to_json(indent=None) + os.linesep
