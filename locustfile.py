@@ -72,21 +72,20 @@ class YosoUser(HttpUser):
         return self.client.post(endpoint, params=params, files={"file": (name, data)}, name=endpoint,
                                 catch_response=True)
 
-    @task(5)
-    def count_objects(self) -> None:
-        with self._upload("/count_objects") as response:
+    def _expect_json(self, endpoint: str, key: str, kind: type) -> None:
+        with self._upload(endpoint) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
-            elif not isinstance(_json(response).get("items"), dict):
-                response.failure(f"no items in {response.text[:200]}")
+            elif not isinstance(_json(response).get(key), kind):
+                response.failure(f"no {key} in {response.text[:200]}")
+
+    @task(5)
+    def count_objects(self) -> None:
+        self._expect_json("/count_objects", "items", dict)
 
     @task(4)
     def detect(self) -> None:
-        with self._upload("/detect") as response:
-            if response.status_code != 200:
-                response.failure(f"{response.status_code}: {response.text[:200]}")
-            elif not isinstance(_json(response).get("detections"), list):
-                response.failure(f"no detections in {response.text[:200]}")
+        self._expect_json("/detect", "detections", list)
 
     @task(1)
     def predict(self) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from yoso.bench.live_server import ROOT, LiveServer, free_port
 
-__all__ = ["LiveServer", "free_port", "ROOT", "DATA", "EXPECTED_COUNTS", "SAMPLE_IMAGES", "image_bytes"]
+__all__ = ["LiveServer", "free_port", "ROOT", "DATA", "EXPECTED_COUNTS", "SAMPLE_IMAGES", "image_bytes",
+           "read_http_response", "raw_http"]
 
 DATA = Path(__file__).parent / "data"
 
@@ -46,3 +48,22 @@ SAMPLE_IMAGES = sorted(EXPECTED_COUNTS["yolov3-tiny"])
 
 def image_bytes(name: str) -> bytes:
     return (DATA / name).read_bytes()
+
+
+def read_http_response(connection: socket.socket) -> bytes:
+    """One raw HTTP/1.1 response: the head, then Content-Length bytes or, without it, all until the server closes."""
+    answer = b""
+    while b"\r\n\r\n" not in answer and (chunk := connection.recv(65536)):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    while (len(body) < int(lengths[0]) if lengths else True) and (chunk := connection.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    """Send bytes as they are (no client library to tidy them up) and read the response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request)
+        return read_http_response(connection)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.support import image_bytes
+from tests.support import LiveServer, image_bytes, raw_http, read_http_response
 
 ENDPOINTS = ["/predict", "/count_objects", "/detect"]
 FORMATS = ["JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP"]
@@ -373,21 +373,12 @@ def test_two_thousand_repeated_parameters_are_answered(client):
     assert response.status_code == 200 and response.json() == {"items": {"car": 1}}
 
 
-def raw_exchange(server, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
-        connection.sendall(request)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    return answer
-
-
 @pytest.mark.parametrize("request_head", [
     b"POST /count_objects?model=" + b"m" * 60_000,
     b"GET /models HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 60_000,
 ], ids=["endless-request-line", "endless-header"])
 def test_a_request_head_that_never_ends_is_refused_by_the_http_layer_with_400(server, request_head):
-    assert raw_exchange(server, request_head).startswith(b"HTTP/1.1 400 ")
+    assert raw_http(server.port, request_head).startswith(b"HTTP/1.1 400 ")
 
 
 # Cost of parsing --------------------------------------------------------------------------------------------
@@ -413,3 +404,45 @@ def test_an_upload_that_is_slow_to_parse_does_not_stall_other_requests(server, c
         answered.append(time.monotonic())
     sender.join()
     assert finished and len(answered) == 3 and answered[-1] < finished[0]
+
+
+# Clients that stall or leave --------------------------------------------------------------------------------
+
+STALLED_UPLOAD = (b"POST /count_objects HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
+                  b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+
+
+@pytest.fixture(scope="module")
+def strict(model_store, tmp_path_factory):
+    """One worker, room for two requests, a 2 s request timeout: a few stalled clients could hold it all."""
+    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny", "YOSO_MAX_QUEUE": "1",
+                           "YOSO_REQUEST_TIMEOUT_S": "2"})
+    live.start(tmp_path_factory.mktemp("strict") / "server.log")
+    yield live
+    live.stop()
+
+
+def test_stalled_uploads_hold_the_capacity_no_longer_than_the_request_timeout(strict):
+    stalled = [socket.create_connection(("127.0.0.1", strict.port), timeout=30) for _ in range(2)]
+    try:
+        for connection in stalled:
+            connection.sendall(STALLED_UPLOAD)
+        time.sleep(0.5)
+        with httpx.Client(base_url=strict.url, timeout=30) as http:
+            assert post(http, "/count_objects", image_bytes("car.jpg")).status_code == 503  # they hold it all
+            for connection in stalled:
+                answer = read_http_response(connection)
+                assert answer.startswith(b"HTTP/1.1 408 ") and b"took longer than 2 s" in answer
+            assert post(http, "/count_objects", image_bytes("car.jpg")).json() == {"items": {"car": 1}}
+    finally:
+        for connection in stalled:
+            connection.close()
+
+
+def test_a_client_that_leaves_mid_upload_is_not_a_server_error(strict):
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=30) as connection:
+        connection.sendall(STALLED_UPLOAD + b"x" * 1000)
+        time.sleep(0.3)
+    time.sleep(0.5)
+    assert "Traceback" not in strict.log()
+    assert httpx.get(f"{strict.url}/readyz").status_code == 200

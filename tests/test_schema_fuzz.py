@@ -109,7 +109,6 @@ def test_every_operation_of_the_live_schema_conforms_and_never_fails_with_a_5xx(
             fuzz(operation, server.url, sent[operation.label])
     total = sum(sum(statuses.values()) for statuses in sent.values())
     summary = {label: dict(statuses) for label, statuses in sent.items()}
-    print(summary)
     assert total >= MINIMUM_TOTAL_CASES, summary
     assert all(sent.values()), summary
     inference = Counter()

@@ -42,6 +42,7 @@ _ERRORS = {
         422: "Bad parameter, missing field or unreadable image.",
         500: "Inference failed.",
         503: "Overloaded or not ready; retry after Retry-After seconds.",
+        408: "The upload took longer than YOSO_REQUEST_TIMEOUT_S to arrive.",
         504: "The request took longer than YOSO_REQUEST_TIMEOUT_S.",
     }.items()
 }
@@ -71,7 +72,11 @@ async def _detect(request: Request, service: InferenceService, model: str | None
         raise ApiError(404, str(error)) from None
     except ModelNotInstalled as error:
         raise ApiError(409, str(error)) from None
-    data = await read_image_upload(request, settings.max_upload_bytes)
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):  # a stalled upload must not hold its admission
+            data = await read_image_upload(request, settings.max_upload_bytes)
+    except TimeoutError:
+        raise ApiError(408, f"The upload took longer than {settings.request_timeout_s:g} s to arrive.") from None
     try:
         await asyncio.to_thread(imaging.inspect, data, settings.max_image_pixels)  # Pillow parses headers in Python
     except imaging.ImageError as error:

@@ -145,8 +145,8 @@ def _document_security(app: FastAPI, policy: AccessPolicy) -> None:
 
 
 def install_security(app: FastAPI, settings: Settings) -> None:
-    """Key checks when keys or a metrics token are set, CORS when origins are; CORS outermost, so that
-    preflight requests (which carry no credentials) are answered and refusals stay readable by browsers."""
+    """Key checks when keys or a metrics token are set, CORS when origins are. CORS wraps the key check, so
+    that preflight requests (which carry no credentials) are answered and refusals stay readable by browsers."""
     if settings.api_key or settings.metrics_token:
         policy = AccessPolicy(settings.api_key, settings.metrics_token)
         app.add_middleware(AccessControl, policy=policy)

@@ -8,6 +8,7 @@ bytes actually received), and only the `file` part is kept. Its file name is nev
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -108,6 +109,8 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
         parser.finalize()
     except FormParserError as error:
         raise ApiError(422, f"The multipart body is malformed ({error}); send the image in a field named '{FIELD}'.")
+    except ClientDisconnect:
+        raise ApiError(499, "The client closed the connection before the upload was complete.") from None
     if not parts.ended:
         raise ApiError(422, "The multipart body ends before its closing boundary: send the complete upload.")
     if parts.file is None:
