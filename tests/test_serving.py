@@ -149,3 +149,14 @@ def test_a_worker_that_dies_mid_request_is_answered_and_replaced(start):
     replacement = [p for p in psutil.Process(live.process.pid).children() if p.pid != worker.pid]
     assert replacement
     assert httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}).json() == EXPECTED
+
+
+def test_workers_compute_at_a_lower_priority_than_the_server(server):
+    import psutil
+
+    from yoso.serving.worker import WORKER_NICENESS
+
+    front = psutil.Process(server.process.pid)
+    workers = front.children()
+    assert len(workers) == 2
+    assert all(worker.nice() == front.nice() + WORKER_NICENESS for worker in workers)

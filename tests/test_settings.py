@@ -68,8 +68,10 @@ def test_a_bad_value_raises_one_line_naming_the_variable(monkeypatch, name, valu
     assert name.upper() in message and repr(value) in message
 
 
-def test_queue_limit_defaults_to_twice_the_workers():
-    assert Settings(workers=3).queue_limit == 6
+def test_queue_limit_defaults_to_half_the_workers_and_at_least_one():
+    assert Settings(workers=1).queue_limit == 1
+    assert Settings(workers=2).queue_limit == 1
+    assert Settings(workers=8).queue_limit == 4
     assert Settings(workers=3, max_queue=0).queue_limit == 0
 
 

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
         0.0, ge=0, le=1000, description="How long a request may wait for others to fill its batch."
     )
     max_queue: int | None = Field(
-        None, ge=0, description="Requests allowed to wait for a worker; past it, 503 at once (default: 2 x workers)."
+        None, ge=0, description="Requests allowed to wait for a worker; past it, 503 at once (default: half the workers, at least 1)."
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Upper bound on one request's time in the server (504).")
     shutdown_grace_s: float = Field(20.0, ge=0, description="How long SIGTERM waits for in-flight requests.")
@@ -115,7 +115,9 @@ class Settings(BaseSettings):
 
     @property
     def queue_limit(self) -> int:
-        return 2 * self.workers if self.max_queue is None else self.max_queue
+        """Enough waiting requests to keep every worker fed while the next ones are on their way; a longer
+        queue only makes accepted requests wait longer (see the benchmark in the README)."""
+        return max(1, self.workers // 2) if self.max_queue is None else self.max_queue
 
 
 class SettingsError(SystemExit):

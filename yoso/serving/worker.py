@@ -20,6 +20,10 @@ from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
 from yoso.serving.tasks import ImageOutcome, Task, TaskOutcome, WorkerFailed, WorkerReady
 
+# Workers keep every core busy under load; at a lower priority they never delay the server process,
+# which must accept, shed (503 in well under 5 ms) and answer while they compute.
+WORKER_NICENESS = 10
+
 
 class ModelCache:
     """One DetectionModel per model name, loaded on first use and kept."""
@@ -84,6 +88,7 @@ class Worker:
 def serve(connection: Connection, model_dir: str, preload: list[str], threads: int) -> None:
     """Entry point of a worker process: load, report ready, then answer tasks until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
+    os.nice(WORKER_NICENESS)
     cv2.setNumThreads(threads)
     models = ModelCache(ModelStore(Path(model_dir)))
     try:
