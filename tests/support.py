@@ -46,6 +46,14 @@ EXPECTED_COUNTS = {
 SAMPLE_IMAGES = sorted(EXPECTED_COUNTS["yolov3-tiny"])
 
 
+def inference_workers(server_pid: int) -> list:
+    """The server's inference worker processes (not multiprocessing's resource tracker)."""
+    import psutil
+
+    children = psutil.Process(server_pid).children()
+    return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+
+
 def image_bytes(name: str) -> bytes:
     return (DATA / name).read_bytes()
 

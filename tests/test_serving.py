@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.support import EXPECTED_COUNTS, LiveServer, image_bytes
+from tests.support import EXPECTED_COUNTS, LiveServer, image_bytes, inference_workers
 
 IMAGE = "dog_person_horse.jpg"
 EXPECTED = {"items": EXPECTED_COUNTS["yolov3-tiny"][IMAGE]}
@@ -128,10 +128,8 @@ def test_readyz_is_503_until_the_models_are_warm(model_store, tmp_path):
 
 
 def test_a_worker_that_dies_mid_request_is_answered_and_replaced(start):
-    import psutil
-
     live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64")
-    worker = psutil.Process(live.process.pid).children()[-1]
+    [worker] = inference_workers(live.process.pid)
 
     async def scenario() -> list[httpx.Response]:
         inflight = asyncio.ensure_future(burst(live.url, 4))
@@ -146,8 +144,7 @@ def test_a_worker_that_dies_mid_request_is_answered_and_replaced(start):
         if response.status_code == 500:
             assert "worker died" in response.json()["detail"]
     assert 500 in [r.status_code for r in responses]
-    replacement = [p for p in psutil.Process(live.process.pid).children() if p.pid != worker.pid]
-    assert replacement
+    assert [p.pid for p in inference_workers(live.process.pid)] != [worker.pid]
     assert httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}).json() == EXPECTED
 
 
@@ -157,6 +154,6 @@ def test_workers_compute_at_a_lower_priority_than_the_server(server):
     from yoso.serving.worker import WORKER_NICENESS
 
     front = psutil.Process(server.process.pid)
-    workers = front.children()
+    workers = inference_workers(server.process.pid)
     assert len(workers) == 2
     assert all(worker.nice() == front.nice() + WORKER_NICENESS for worker in workers)
