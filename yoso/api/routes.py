@@ -21,8 +21,8 @@ from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownMod
 from yoso.serving.tasks import ImageOutcome, TaskOutcome
 
 
-def get_service(request: Request) -> InferenceService:
-    return request.app.state.service
+async def get_service(request: Request) -> InferenceService:
+    return request.app.state.service  # async: FastAPI would run a plain function in a thread pool
 
 
 Service = Annotated[InferenceService, Depends(get_service)]

@@ -81,6 +81,7 @@ class InferenceService:
         self.ready = False
         self.draining = False
         self._starting: asyncio.Future[None] | None = None
+        self._installed: set[str] = set()
 
     async def start(self) -> None:
         """Check the preload models now; load and warm them in the background (`ready` turns True after)."""
@@ -111,11 +112,14 @@ class InferenceService:
         await self.pool.stop()
 
     def require(self, name: str) -> None:
-        """Raise unless `name` is a known, installed model."""
+        """Raise unless `name` is a known, installed model (once found installed, it stays so)."""
+        if name in self._installed:
+            return
         if name not in ZOO:
             raise UnknownModel(name, self.store.installed())
         if not self.store.is_installed(ZOO[name]):
             raise ModelNotInstalled(name, self.store)
+        self._installed.add(name)
 
     async def detect(
         self, model: str, confidence: float, data: bytes, annotate: bool, endpoint: str
