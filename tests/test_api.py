@@ -62,3 +62,14 @@ def test_a_higher_confidence_keeps_fewer_objects(client):
 def test_predict_says_what_it_drew_in_a_header(client):
     response = client.post("/predict", params={"model": "yolov4-tiny"}, files=upload("fruits.jpg"))
     assert json.loads(response.headers["x-yoso-counts"]) == EXPECTED_COUNTS["yolov4-tiny"]["fruits.jpg"]
+
+
+def test_a_large_image_round_trips_through_the_worker_pipes(client):
+    """Megabytes each way: larger than any pipe buffer, whichever event loop serves."""
+    noise = np.random.default_rng(0).integers(0, 256, (2400, 3200, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok and len(encoded) > 4_000_000
+    response = client.post("/predict", files={"file": ("noise.jpg", encoded.tobytes(), "image/jpeg")})
+    assert response.status_code == 200
+    assert len(response.content) > 1_000_000
+    assert cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR).shape == noise.shape

@@ -83,7 +83,8 @@ def footprint(server: LiveServer) -> tuple[int, int, set[int]]:
 
 @pytest.fixture(scope="module")
 def soak_server(model_store, tmp_path_factory):
-    live = LiveServer(env={"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS)})
+    # a queue deep enough for the soak's concurrency: this test is about leaks, not shedding
+    live = LiveServer(env={"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "16"})
     live.start(tmp_path_factory.mktemp("soak") / "server.log")
     yield live
     live.stop()

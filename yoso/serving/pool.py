@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -87,14 +88,18 @@ class WorkerPool:
         return chosen.task
 
     async def stop(self) -> None:
+        """Ask every worker to exit (its reader thread ends with its pipe), then reap it."""
         self._closing = True
         for w in self._workers:
-            self._detach(w)
-            w.connection.close()
+            try:
+                w.connection.send(None)
+            except OSError:
+                pass
         for w in self._workers:
             await asyncio.to_thread(w.process.join, 5)
             if w.process.is_alive():
                 w.process.kill()
+            w.connection.close()
         self._workers.clear()
 
     def _spawn(self) -> _Worker:
@@ -110,14 +115,24 @@ class WorkerPool:
         theirs.close()
         w = _Worker(process, ours, loop.create_future())
         self._workers.append(w)
-        loop.add_reader(ours.fileno(), self._on_message, w)
+        threading.Thread(target=self._read, args=(w, loop), name="yoso-worker-reader", daemon=True).start()
         return w
 
-    def _on_message(self, w: _Worker) -> None:
-        try:
-            message = w.connection.recv()
-        except (EOFError, OSError):
-            self._on_exit(w)
+    def _read(self, w: _Worker, loop: asyncio.AbstractEventLoop) -> None:
+        """Reader thread of one worker: whole messages, whatever the event loop does to file descriptors.
+
+        (uvloop makes a descriptor it watches non-blocking, which would cut a large result in two.)
+        """
+        while True:
+            try:
+                message = w.connection.recv()
+            except (EOFError, OSError):
+                _call_soon(loop, self._on_exit, w)
+                return
+            _call_soon(loop, self._on_message, w, message)
+
+    def _on_message(self, w: _Worker, message: object) -> None:
+        if w not in self._workers:
             return
         if isinstance(message, WorkerReady):
             w.models.update(message.model_load_s)
@@ -141,25 +156,27 @@ class WorkerPool:
         self._idle.append(w)
         self.on_idle()
 
-    def _detach(self, w: _Worker) -> None:
-        try:
-            asyncio.get_running_loop().remove_reader(w.connection.fileno())
-        except (OSError, ValueError):
-            pass
-
     def _on_exit(self, w: _Worker) -> None:
         """A worker died: answer its task, forget it, and start a replacement."""
-        self._detach(w)
+        if w not in self._workers:
+            return
         w.connection.close()
         if w in self._idle:
             self._idle.remove(w)
         if w in self._workers:
             self._workers.remove(w)
-        exitcode = w.process.exitcode
+        how = "" if w.process.exitcode is None else f" (exit code {w.process.exitcode})"
         if not w.ready.done():
-            w.ready.set_exception(PoolStartError(f"a worker exited during start-up (exit code {exitcode})"))
+            w.ready.set_exception(PoolStartError(f"a worker exited during start-up{how}"))
         if w.task is not None and not w.task.done():
-            w.task.set_exception(WorkerCrashed(f"the inference worker died (exit code {exitcode})"))
+            w.task.set_exception(WorkerCrashed(f"the inference worker died{how}"))
         if not self._closing:
-            log.error("inference worker %s died (exit code %s); starting a replacement", w.process.pid, exitcode)
+            log.error("inference worker %s died%s; starting a replacement", w.process.pid, how)
             self._spawn()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop has closed: the server is gone, nobody is waiting
+        pass

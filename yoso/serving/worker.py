@@ -100,8 +100,10 @@ def serve(connection: Connection, model_dir: str, preload: list[str], threads: i
     worker = Worker(models)
     while True:
         try:
-            task: Task = connection.recv()
+            task: Task | None = connection.recv()
         except (EOFError, OSError):
+            return
+        if task is None:  # the server is stopping
             return
         try:
             outcome = worker.run(task)
