@@ -9,16 +9,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     YOSO_MODEL_DIR=/models
 
-WORKDIR /app
+WORKDIR /build
 
 # Dependencies first: this layer is rebuilt only when requirements.txt changes.
 COPY requirements.txt ./
 RUN pip install --requirement requirements.txt
 
+# yoso is installed into site-packages and its source removed: `python -m` puts the working directory
+# first on sys.path, so a source tree there would shadow the installed copy (and its package data).
 COPY pyproject.toml README.md ./
 COPY yoso ./yoso
 COPY yosoclient ./yosoclient
-RUN pip install --no-deps . && rm -rf build ./*.egg-info
+RUN pip install --no-deps . && rm -rf /build
+
+# Empty: the working directory is where yoso reads an optional .env file (mount one at /app/.env).
+WORKDIR /app
 
 # What `make models` runs: every file is checked against its published sha256, so a missing or corrupt
 # model fails the build instead of the first request.

@@ -67,6 +67,13 @@ def settings_from(variables: dict[str, str]) -> Settings:
     return Settings(_env_file=None, **{name[len(ENV_PREFIX):].lower(): value for name, value in variables.items()})
 
 
+def set_to_their_default(variables: dict[str, str]) -> list[str]:
+    """The variables that give a setting the value yoso would take without them."""
+    configured, defaults = settings_from(variables), settings_from({})
+    fields = {name: name[len(ENV_PREFIX):].lower() for name in variables}
+    return sorted(name for name, field in fields.items() if getattr(configured, field) == getattr(defaults, field))
+
+
 def readme_section(title: str) -> str:
     """The text of one `## title` section of the README."""
     text = (ROOT / "README.md").read_text()

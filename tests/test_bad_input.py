@@ -71,7 +71,17 @@ def test_image_declaring_too_many_pixels_is_refused_from_its_header(client):
 def test_unsupported_format_is_415(client):
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32)).save(buffer, "ICO")
-    assert_error(post(client, "/count_objects", buffer.getvalue(), "x.jpg"), 415, "not supported")
+    assert_error(post(client, "/count_objects", buffer.getvalue(), "x.jpg"), 415, "not supported", "JPEG, PNG")
+
+
+def test_a_camera_jpeg_with_a_multi_picture_segment_is_a_jpeg(client):
+    """Pillow calls such files MPO; OpenCV reads them as the JPEG they are."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(image_bytes("car.jpg"))).save(buffer, "MPO", save_all=True,
+                                                        append_images=[Image.new("RGB", (64, 48))])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    response = post(client, "/count_objects", buffer.getvalue())
+    assert response.status_code == 200 and response.json() == {"items": {"car": 1}}
 
 
 def test_format_is_decided_by_bytes_not_name_or_content_type(client):

@@ -41,3 +41,9 @@ def test_workflow_builds_the_image_and_checks_it_serves():
     assert "docker build -t yoso-server ." in lines
     assert any(line.startswith("docker run") and "yoso-server" in line for line in lines)
     assert any("/readyz" in line for line in lines) and any("/count_objects" in line for line in lines)
+
+
+def test_the_container_logs_are_shown_when_the_image_check_fails():
+    """A `run:` script stops at its first failing command (bash -e): the logs need a step of their own."""
+    [logs] = [step for step in steps() if "docker logs" in step.get("run", "")]
+    assert logs["if"] == "failure()"

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from tests.deploy_files import (
-    COMPOSE_DIR, ENV_PREFIX, load_yaml_documents, read_env_file, readme_section, settings_from,
+    COMPOSE_DIR, ENV_PREFIX, load_yaml_documents, read_env_file, readme_section, set_to_their_default,
+    settings_from,
 )
 from tests.support import ROOT
 
@@ -68,6 +69,7 @@ def test_every_service_has_a_healthcheck_and_every_dependency_a_condition(servic
             assert spec["condition"] in {"service_healthy", "service_started"}
     assert services["yoso-server"]["depends_on"]["zipkin"]["condition"] == "service_healthy"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    assert "depends_on" not in services["prometheus"]  # a scrape before yoso answers just fails; no need to wait
 
 
 def test_every_mounted_path_and_env_file_exists_in_the_repository(services):
@@ -91,6 +93,10 @@ def test_every_yoso_variable_set_is_a_setting_yoso_reads(services):
     assert settings.prometheus_metrics and settings.otel_instrument
     assert settings.otel_instrument_exporter.value == "zipkin"
     assert settings.port == PUBLISHED["yoso-server"]
+
+
+def test_the_env_file_sets_only_what_differs_from_the_defaults(services):
+    assert set_to_their_default(environment(services["yoso-server"])) == []
 
 
 def test_yoso_traces_to_the_zipkin_service(services):

@@ -1,4 +1,5 @@
-"""Worker and thread sizing follows the cores the process may use, including a container's CPU quota."""
+"""Worker and thread sizing follows the cores the process may use, including a container's CPU quota
+(cgroup v2 or v1)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,16 @@ def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, cpu_max, cap):
     quota_file = tmp_path / "cpu.max"
     quota_file.write_text(cpu_max)
     affinity = len(os.sched_getaffinity(0))
-    assert available_cores(quota_file) == (affinity if cap is None else min(affinity, cap))
+    assert available_cores(quota_file, tmp_path / "no-v1") == (affinity if cap is None else min(affinity, cap))
+
+
+@pytest.mark.parametrize("quota, cap", [("-1", None), ("100000", 1), ("250000", 3)])
+def test_a_cgroup_v1_cfs_quota_caps_the_cores(tmp_path, quota, cap):
+    (tmp_path / "cpu.cfs_quota_us").write_text(quota + "\n")
+    (tmp_path / "cpu.cfs_period_us").write_text("100000\n")
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path / "no-v2", tmp_path) == (affinity if cap is None else min(affinity, cap))
 
 
 def test_without_a_cgroup_file_the_affinity_counts(tmp_path):
-    assert available_cores(tmp_path / "absent") == len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path / "absent", tmp_path / "absent-v1") == len(os.sched_getaffinity(0))

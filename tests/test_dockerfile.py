@@ -72,6 +72,20 @@ def test_dependencies_are_installed_from_requirements_txt_before_the_code_is_cop
     assert "-r requirements.txt" in " ".join(make_recipe(r"\$\(VENV\)/\.runtime"))
 
 
+def test_the_image_runs_the_installed_package_with_no_source_tree_in_its_working_directory():
+    """`python -m` puts the working directory first on sys.path: yoso's source there would shadow the copy
+    pip installed (and run without its package data), so it is built elsewhere and removed."""
+    workdir, built_in = "/", set()
+    for keyword, arguments in dockerfile_instructions():
+        if keyword == "WORKDIR":
+            workdir = arguments
+        elif keyword == "COPY" and "yoso" in arguments.split():
+            built_in.add(workdir)
+    (build_dir,) = built_in
+    assert f"pip install --no-deps . && rm -rf {build_dir}" in dockerfile_arguments("RUN")
+    assert dockerfile_arguments("WORKDIR")[-1] != build_dir
+
+
 def test_both_tiny_models_are_pulled_and_checked_at_build_time_like_make_models():
     pull = "python -m yoso.models pull yolov3-tiny yolov4-tiny"
     assert pull in dockerfile_arguments("RUN")

@@ -8,7 +8,8 @@ import kubernetes_validate
 import pytest
 
 from tests.deploy_files import (
-    ENV_PREFIX, K8S_DIR, dockerfile_arguments, load_yaml_documents, readme_section, settings_from,
+    ENV_PREFIX, K8S_DIR, dockerfile_arguments, load_yaml_documents, readme_section, set_to_their_default,
+    settings_from,
 )
 from tests.support import ROOT
 from yoso import __version__
@@ -78,6 +79,13 @@ def test_every_yoso_variable_is_a_valid_setting(container):
     assert settings.port == container["ports"][0]["containerPort"]
 
 
+def test_the_pod_sets_only_what_differs_from_the_defaults_and_pins_its_workers(container):
+    """YOSO_WORKERS is set even where it equals the default (the CPU limit yoso reads from its cgroup): the
+    memory limit is sized for this many workers, so the manifest states the number beside it."""
+    assert set_to_their_default(env_of(container)) in ([], ["YOSO_WORKERS"])
+    assert "YOSO_WORKERS" in env_of(container)
+
+
 def test_shutdown_drains_before_the_kubelet_kills(pod, container):
     grace = settings_from(env_of(container)).shutdown_grace_s
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -85,11 +93,12 @@ def test_shutdown_drains_before_the_kubelet_kills(pod, container):
     assert pod["spec"]["terminationGracePeriodSeconds"] > float(pre_stop[1]) + grace
 
 
-def test_prometheus_scrapes_every_pod_on_its_metrics_port(pod, container):
-    annotations = pod["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/path"] == "/metrics"
-    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
+def test_only_the_yoso_scrape_job_selects_the_pods(pod):
+    """prometheus/conf_dir/kubernetes.yml keeps the pods by label and port name (tests/test_prometheus.py runs
+    it through Prometheus); prometheus.io annotations would have a generic kubernetes-pods job scrape every
+    pod a second time and double every rate."""
+    assert not [key for key in pod["metadata"].get("annotations", {}) if key.startswith("prometheus.io/")]
+    assert "prometheus/conf_dir/kubernetes.yml" in readme_section("Deploy")
 
 
 def test_service_hpa_and_budget_select_the_deployment_pods(manifests, pod, container):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
@@ -33,6 +34,10 @@ def scrape(http: httpx.Client) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def increase(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
 
 
 def upload(name: str) -> dict:
@@ -68,7 +73,7 @@ def test_detect_counts_images_detections_labels_and_confidences(client):
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("yoso_images_processed_total", model="yolov3-tiny", endpoint="detect") == 1
+    assert delta("yoso_images_processed_total", model="yolov3-tiny", endpoint="/detect") == 1
     for label, count in EXPECTED_COUNTS["yolov3-tiny"]["fruits.jpg"].items():
         assert delta("yoso_detections_total", model="yolov3-tiny", label=label) == count
     assert delta("yoso_detection_confidence_count", model="yolov3-tiny") == len(body["detections"])
@@ -80,6 +85,16 @@ def test_detect_counts_images_detections_labels_and_confidences(client):
     assert delta("yoso_input_megapixels_sum") == pytest.approx(body["width"] * body["height"] / 1e6)
     assert delta("yoso_images_without_detections_total", model="yolov3-tiny") == 0
     assert delta("yoso_annotate_encode_seconds_count") == 0  # /detect draws nothing
+
+
+def test_images_are_labelled_by_endpoint_as_http_metrics_label_the_handler(client):
+    before = scrape(client)
+    assert client.post("/count_objects", files=upload("car.jpg")).status_code == 200
+    after = scrape(client)
+    images = {"model": "yolov3-tiny", "endpoint": "/count_objects"}
+    handler = {"handler": "/count_objects", "method": "POST", "status": "200"}
+    assert increase(before, after, "yoso_images_processed_total", **images) == 1
+    assert increase(before, after, "http_requests_total", **handler) == 1
 
 
 def test_an_image_with_nothing_found_is_a_null_prediction(client):
@@ -118,8 +133,8 @@ def test_errors_are_counted_by_status_and_process_no_image(client):
     for status in ("404", "422"):
         labels = {"handler": "/detect", "method": "POST", "status": status}
         assert value(after, "http_requests_total", **labels) - value(before, "http_requests_total", **labels) == 1
-    assert (value(after, "yoso_images_processed_total", model="yolov3-tiny", endpoint="detect")
-            == value(before, "yoso_images_processed_total", model="yolov3-tiny", endpoint="detect"))
+    assert (value(after, "yoso_images_processed_total", model="yolov3-tiny", endpoint="/detect")
+            == value(before, "yoso_images_processed_total", model="yolov3-tiny", endpoint="/detect"))
 
 
 def test_every_worker_process_is_reported(client):
@@ -154,8 +169,9 @@ def test_one_access_line_per_request_with_method_path_status_and_duration(server
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory) -> Iterator[LiveServer]:
-    """Room for exactly one request: one worker, no queue."""
-    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_MAX_QUEUE": "0", "YOSO_PRELOAD_MODELS": "yolov3-tiny"})
+    """Room for exactly one request: one worker, no queue, one upload arriving at a time."""
+    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_MAX_QUEUE": "0", "YOSO_MAX_UPLOADS": "1",
+                           "YOSO_PRELOAD_MODELS": "yolov3-tiny"})
     live.start(tmp_path_factory.mktemp("small") / "server.log")
     yield live
     live.stop()
@@ -180,3 +196,24 @@ def test_a_request_refused_at_capacity_is_counted_as_shed(small_server):
     assert value(after, "yoso_requests_shed_total") - value(before, "yoso_requests_shed_total") == 1
     labels = {"handler": "/detect", "method": "POST", "status": "503"}
     assert value(after, "http_requests_total", **labels) - value(before, "http_requests_total", **labels) == 1
+
+
+def test_a_batch_counts_one_forward_pass_and_every_image(tmp_path):
+    """Three requests for the same model and confidence, held up to 1 s to fill one batch of 3: one forward
+    pass in yoso_inference_seconds, three images in yoso_images_processed_total."""
+    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny", "YOSO_MAX_QUEUE": "4",
+                           "YOSO_MAX_BATCH_SIZE": "3", "YOSO_MAX_BATCH_DELAY_MS": "1000"})
+    live.start(tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=live.url, timeout=30) as http:
+            before = scrape(http)
+            with ThreadPoolExecutor(3) as pool:
+                answers = list(pool.map(lambda name: http.post("/detect", files=upload(name)),
+                                        ["car.jpg", "fruits.jpg", "clock.jpg"]))
+            after = scrape(http)
+    finally:
+        live.stop()
+    assert [answer.status_code for answer in answers] == [200] * 3
+    assert len({answer.json()["inference_ms"] for answer in answers}) == 1  # the same forward pass
+    assert increase(before, after, "yoso_inference_seconds_count", model="yolov3-tiny") == 1
+    assert increase(before, after, "yoso_images_processed_total", model="yolov3-tiny", endpoint="/detect") == 3

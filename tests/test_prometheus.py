@@ -16,12 +16,14 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from tests.deploy_files import K8S_DIR, load_yaml_documents
 from tests.support import ROOT, LiveServer, free_port, image_bytes
 
 PROMETHEUS = ROOT / "prometheus"
@@ -120,15 +122,12 @@ def test_the_scrape_target_is_yoso_on_its_default_port():
     assert "--add-host yoso-server:host-gateway" in (PROMETHEUS / "launch.sh").read_text()
 
 
-@pytest.fixture(scope="module")
-def prometheus(server: LiveServer, tmp_path_factory) -> Iterator[str]:
-    """The real Prometheus with the shipped job and rules, scraping the session's yoso every second."""
+@contextmanager
+def running_prometheus(config: dict, workdir: Path) -> Iterator[str]:
+    """The real Prometheus on a loopback port with `config` (rules files resolved in conf_dir), every second."""
     assert shutil.which("prometheus"), "Debian's prometheus package is missing: run `make system-deps`"
-    workdir = tmp_path_factory.mktemp("prometheus")
-    config = yaml.safe_load((CONF_DIR / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    config["rule_files"] = [str(CONF_DIR / name) for name in config["rule_files"]]
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [server.url.removeprefix("http://")]}]
+    config = {**config, "global": {**config.get("global", {}), "scrape_interval": "1s", "evaluation_interval": "1s"}}
+    config["rule_files"] = [str(CONF_DIR / name) for name in config.get("rule_files", [])]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = (workdir / "prometheus.log").open("wb")
@@ -154,6 +153,15 @@ def prometheus(server: LiveServer, tmp_path_factory) -> Iterator[str]:
         process.terminate()
         process.wait(20)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(server: LiveServer, tmp_path_factory) -> Iterator[str]:
+    """The shipped job and rules, scraping the session's yoso."""
+    config = yaml.safe_load((CONF_DIR / "prometheus.yml").read_text())
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [server.url.removeprefix("http://")]}]
+    with running_prometheus(config, tmp_path_factory.mktemp("prometheus")) as url:
+        yield url
 
 
 def query(prometheus: str, expr: str) -> dict:
@@ -204,3 +212,42 @@ def eventually_evaluated(prometheus: str) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def discovered_pod_target(address: str, pod: dict, port_name: str, name: str) -> dict:
+    """A static target with the labels Kubernetes pod discovery gives one container port of `pod`."""
+    labels = {f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}": value
+              for key, value in pod["metadata"]["labels"].items()}
+    labels.update(__meta_kubernetes_pod_container_port_name=port_name, __meta_kubernetes_namespace="default",
+                  __meta_kubernetes_pod_name=name)
+    return {"targets": [address], "labels": labels}
+
+
+def test_the_kubernetes_job_scrapes_the_deployment_pods_on_their_http_port_as_job_yoso(server, tmp_path):
+    """Debian's Prometheus is built without Kubernetes discovery: the shipped job gets static targets carrying
+    the labels pod discovery would give them, and Prometheus' own relabelling decides which it scrapes."""
+    config = yaml.safe_load((CONF_DIR / "kubernetes.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
+    [deployment] = load_yaml_documents(K8S_DIR / "deployment.yaml")
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert [port["name"] for port in container["ports"]] == ["http"]
+    other_app = {"metadata": {"labels": {**pod["metadata"]["labels"], "app.kubernetes.io/name": "other"}}}
+    job["static_configs"] = [
+        discovered_pod_target(server.url.removeprefix("http://"), pod, "http", "yoso-server-1"),
+        discovered_pod_target("127.0.0.1:1", pod, "debug", "yoso-server-1"),  # another port of the same pod
+        discovered_pod_target("127.0.0.1:2", other_app, "http", "other-1"),
+    ]
+    with running_prometheus(config, tmp_path) as prometheus:
+        deadline = time.monotonic() + 20
+        while not query(prometheus, 'up{job="yoso"} == 1')["result"]:
+            assert time.monotonic() < deadline, "the yoso pod was never scraped"
+            time.sleep(0.2)
+        targets = httpx.get(prometheus + "/api/v1/targets", timeout=10).json()["data"]
+        [active] = targets["activeTargets"]
+        assert (active["labels"]["job"], active["labels"]["namespace"], active["labels"]["pod"]) == (
+            "yoso", "default", "yoso-server-1")
+        assert len(targets["droppedTargets"]) == 2
+        # The alert rules select job="yoso": on this job they see the pod.
+        assert query(prometheus, 'max by (instance) (yoso_model_loaded_workers{job="yoso"})')["result"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import socket
 import time
@@ -59,10 +60,32 @@ def test_with_no_queue_only_the_running_request_is_admitted(start):
 
 
 def test_a_request_over_the_time_limit_gets_504(start):
-    live = start(YOSO_REQUEST_TIMEOUT_S="0.001")
-    response = httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}, timeout=30)
-    assert response.status_code == 504
-    assert "longer than" in response.json()["detail"]
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_REQUEST_TIMEOUT_S="0.2")
+    responses = asyncio.run(burst(live.url, 12))  # one worker needs well over 0.2 s for twelve images
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 504}, statuses
+    late = next(r for r in responses if r.status_code == 504)
+    assert "longer than 0.2 s" in late.json()["detail"]
+
+
+def test_slow_uploads_hold_upload_places_not_inference_capacity(start):
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="0", YOSO_MAX_UPLOADS="3")
+    head = (f"POST /count_objects HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n").encode()
+    tricklers = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(3)]
+    try:
+        for trickler in tricklers:
+            trickler.sendall(head)  # and then nothing more: three uploads that never finish
+        time.sleep(0.2)
+        served = httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))})
+        assert served.status_code == 503 and "capacity" in served.json()["detail"]  # upload places all taken
+        tricklers.pop().close()
+        time.sleep(0.2)
+        served = httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))})
+        assert served.json() == EXPECTED  # the one worker was never held by the tricklers
+    finally:
+        for trickler in tricklers:
+            trickler.close()
 
 
 def test_a_request_whose_client_left_is_dropped_before_inference(start):
@@ -157,3 +180,31 @@ def test_workers_compute_at_a_lower_priority_than_the_server(server):
     workers = inference_workers(server.process.pid)
     assert len(workers) == 2
     assert all(worker.nice() == front.nice() + WORKER_NICENESS for worker in workers)
+
+
+def test_replacements_that_cannot_start_back_off_and_the_server_is_not_ready_meanwhile(model_store, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(model_store.model_dir / "yolov3-tiny", models / "yolov3-tiny")
+    weights = models / "yolov3-tiny" / "yolov3-tiny.weights"
+    live = LiveServer(env={"YOSO_MODEL_DIR": str(models), "HOME": str(tmp_path), "YOSO_WORKERS": "1",
+                           "YOSO_PRELOAD_MODELS": "yolov3-tiny", "YOSO_DEFAULT_MODEL": "yolov3-tiny"})
+    live.start(tmp_path / "server.log")
+    try:
+        genuine = weights.read_bytes()
+        weights.write_bytes(genuine[:1000])  # the files go bad under a running server
+        [worker] = inference_workers(live.process.pid)
+        worker.kill()
+        deadline = time.monotonic() + 20
+        while "starting a replacement in 1 s" not in live.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "a replacement worker failed to start" in live.log()
+        assert "starting a replacement in 0.5 s" in live.log() and "starting a replacement in 1 s" in live.log()
+        assert httpx.get(live.url + "/readyz").status_code == 503
+        refused = httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        weights.write_bytes(genuine)  # repaired: the next attempt succeeds
+        live.wait_until("/readyz", 60)
+        served = httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))})
+        assert served.json() == EXPECTED
+    finally:
+        live.stop()

@@ -92,3 +92,19 @@ def test_dev_env_vars_turns_dev_mode_on():
     result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={k: v for k, v in os.environ.items() if not k.upper().startswith("YOSO_")})
     assert result.stdout.strip() == "True", result.stderr
+
+
+@pytest.mark.parametrize("variable", ["YOSO_PRELOAD_MODELS", "YOSO_DEFAULT_MODEL"])
+def test_a_model_that_is_not_installed_stops_start_up_with_how_to_install_it(variable, tmp_path):
+    env = {**os.environ, variable: "yolov4", "YOSO_MODEL_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "yoso.server"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("yoso: Model 'yolov")
+    assert "yoso models pull" in result.stderr
+
+
+def test_an_unknown_model_name_is_a_bad_setting(monkeypatch):
+    monkeypatch.setenv("YOSO_PRELOAD_MODELS", "yolov3-tiny,yolov9")
+    with pytest.raises(SettingsError, match="YOSO_PRELOAD_MODELS.*unknown model yolov9"):
+        load_settings()

@@ -199,6 +199,7 @@ def test_otlp_carries_the_same_tree_and_otel_service_name_wins(receiver, start_s
     [access] = [line for line in lines if line["logger"] == "yoso.access" and line["path"] == "/predict"]
     assert access["method"] == "POST" and access["status"] == 200 and access["duration_ms"] > 0
     assert access["trace_id"] == root.trace_id.hex()
+    assert {line["service"] for line in lines} == {"named-by-the-platform"}  # logs name the service as traces do
 
 
 @pytest.mark.parametrize("exporter", ["zipkin", "otlp"])
@@ -215,6 +216,20 @@ def test_a_collector_that_is_down_fails_no_request(exporter, start_server):
     traced = [line for line in log.splitlines() if "POST /count_objects 200" in line and "trace_id=" in line]
     assert len(traced) == 3
     assert "Traceback" not in log  # a failed export is a warning line, not a stack trace
+
+
+def test_a_sampled_out_request_exports_no_span_and_logs_no_trace_id(start_server):
+    live = start_server({"YOSO_OTEL_INSTRUMENT_EXPORTER": "console", "YOSO_OTEL_SAMPLING_RATIO": "0",
+                         "YOSO_LOG_FORMAT": "json", "YOSO_SERVICE_NAME": "yoso-under-test"})
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        assert http.post("/detect", files=upload("car.jpg")).status_code == 200
+        http.get("/healthz")
+    time.sleep(0.5)  # a span would have been flushed by now (OTEL_BSP_SCHEDULE_DELAY is 100 ms)
+    lines = [json.loads(line) for line in live.log().splitlines() if line.strip()]
+    assert not [line for line in lines if "trace_id" in line or "context" in line]  # no id, no console span
+    access = [line for line in lines if line.get("logger") == "yoso.access"]
+    assert {line["path"] for line in access} >= {"/detect", "/healthz"}
+    assert {line["service"] for line in lines} == {"yoso-under-test"}
 
 
 def test_tracing_works_in_dev_mode_with_spans_on_the_console(start_server):

@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(AdmissionMiddleware, service=service)
-    install_security(app, settings)  # outermost: refuses unauthenticated requests before admission
+    app.add_middleware(AdmissionMiddleware, service=service, max_uploads=settings.max_uploads)
+    install_security(app, settings)  # outside admission: refuses unauthenticated requests before they are admitted
     install_observability(app, settings, service)  # last: logs and counts refused requests too
     return app

@@ -8,7 +8,7 @@ import click
 
 from yoso.config import load_settings
 from yoso.model.store import ModelStore, ProvisionError
-from yoso.model.zoo import ZOO
+from yoso.model.zoo import TINY_MODELS, ZOO
 
 
 @click.group()
@@ -57,15 +57,14 @@ class _ProgressBar:
         self.last: tuple[str, int] = ("", -1)
 
     def __call__(self, name: str, done: int, total: int | None) -> None:
-        if total is None:
-            click.echo(f"  fetching {name} ...", err=True)
-            return
         if not self.enabled:
             return
-        percent = int(100 * done / total) if total else 0
-        if (name, percent) != self.last:
-            self.last = (name, percent)
-            click.echo(f"\r  {name}: {percent:3d}% of {total / 1e6:.1f} MB", err=True, nl=done >= total)
+        step = int(100 * done / total) if total else done >> 20
+        if (name, step) == self.last:
+            return
+        self.last = (name, step)
+        shown = f"{step:3d}% of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+        click.echo(f"\r  {name}: {shown}", err=True, nl=bool(total) and done >= total)
 
 
 @models.command("pull")
@@ -80,7 +79,7 @@ def pull(names: tuple[str, ...]) -> None:
     if unknown:
         raise click.UsageError(f"unknown model {', '.join(unknown)}; known: {', '.join(ZOO)}")
     failed = []
-    for name in names or ("yolov3-tiny", "yolov4-tiny"):
+    for name in names or TINY_MODELS:
         click.echo(f"{name}: provisioning into {store.model_dir / name}")
         try:
             store.pull(ZOO[name], progress=_ProgressBar())

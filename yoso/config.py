@@ -10,8 +10,10 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from yoso.cores import available_cores
+from yoso.model.zoo import TINY_MODELS, ZOO
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "yoso" / "models"
+METRICS_PATH = "/metrics"  # served when YOSO_PROMETHEUS_METRICS is on; its own credential (YOSO_METRICS_TOKEN)
 
 
 class LogFormat(str, Enum):
@@ -47,14 +49,16 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
     dev_mode: bool = Field(False, description="Reload the server when the code changes (development only).")
     title: str = Field("yoso", description="Title shown on / and in the OpenAPI docs.")
-    service_name: str = Field("yoso", description="Service name in traces and logs.")
-    log_level: str = Field("info", description="debug, info, warning, error or critical.")
+    service_name: str = Field(
+        "yoso", description="Service name in traces and JSON logs (OTEL_SERVICE_NAME overrides it)."
+    )
+    log_level: str = Field("info", description="trace, debug, info, warning, error or critical.")
 
     # Models
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Where model files are provisioned and looked up.")
-    default_model: str = Field("yolov3-tiny", description="Model used when a request names none.")
+    default_model: str = Field(TINY_MODELS[0], description="Model used when a request names none.")
     preload_models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["yolov3-tiny", "yolov4-tiny"],
+        default_factory=lambda: list(TINY_MODELS),
         description="Comma-separated models loaded and warmed before /readyz turns 200.",
     )
 
@@ -75,6 +79,9 @@ class Settings(BaseSettings):
     max_queue: int | None = Field(
         None, ge=0, description="Requests allowed to wait for a worker; past it, 503 at once (default: half the workers, at least 1)."
     )
+    max_uploads: int = Field(
+        32, ge=1, description="Uploads being received at once; past it, 503 (memory: x YOSO_MAX_UPLOAD_MB)."
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Upper bound on one request's time in the server (504).")
     shutdown_grace_s: float = Field(20.0, ge=0, description="How long SIGTERM waits for in-flight requests.")
 
@@ -92,14 +99,32 @@ class Settings(BaseSettings):
 
     # Security
     api_key: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated API keys; when set, every endpoint but probes needs one."
+        default_factory=list,
+        description="Comma-separated API keys; when set, all but the probes and the API docs need one.",
     )
-    metrics_token: str | None = Field(None, description="Bearer token required on /metrics when set.")
+    metrics_token: str | None = Field(
+        None, description="Token required on /metrics when set (Authorization: Bearer or X-API-Key)."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS (default: none)."
     )
 
     _split_lists = field_validator("preload_models", "api_key", "cors_origins", mode="before")(_comma_separated)
+
+    @field_validator("default_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in ZOO:
+            raise ValueError(f"unknown model; known: {', '.join(ZOO)}")
+        return value
+
+    @field_validator("preload_models")
+    @classmethod
+    def _known_models(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in ZOO]
+        if unknown:
+            raise ValueError(f"unknown model {', '.join(unknown)}; known: {', '.join(ZOO)}")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -11,21 +11,31 @@ import os
 from pathlib import Path
 
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 
 
-def _cgroup_quota_cores(cpu_max: Path) -> float | None:
+def _read_numbers(*paths: Path) -> list[str] | None:
     try:
-        quota, period = cpu_max.read_text().split()[:2]
-    except (OSError, ValueError):
+        return [word for path in paths for word in path.read_text().split()]
+    except OSError:
         return None
-    if quota == "max":
-        return None
-    return int(quota) / int(period)
 
 
-def available_cores(cpu_max: Path = CGROUP_V2_CPU_MAX) -> int:
+def _quota_cores(cpu_max: Path, cgroup_v1: Path) -> float | None:
+    """cgroup v2 `cpu.max` ("max 100000" or "150000 100000"), else v1's cfs quota and period (-1: none)."""
+    words = _read_numbers(cpu_max) or _read_numbers(cgroup_v1 / "cpu.cfs_quota_us", cgroup_v1 / "cpu.cfs_period_us")
+    if not words or len(words) < 2 or words[0] in ("max", "-1"):
+        return None
+    try:
+        quota, period = int(words[0]), int(words[1])
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def available_cores(cpu_max: Path = CGROUP_V2_CPU_MAX, cgroup_v1: Path = CGROUP_V1_CPU) -> int:
     cores = len(os.sched_getaffinity(0))
-    quota = _cgroup_quota_cores(cpu_max)
+    quota = _quota_cores(cpu_max, cgroup_v1)
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
     return cores

@@ -16,8 +16,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL import (  # noqa: F401 - importing a plugin registers its format with Image.open
+    BmpImagePlugin,
+    GifImagePlugin,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
+# Pillow opens a JPEG carrying a multi-picture segment (many camera and phone photos) as "MPO"; it is a JPEG.
+_AS_FORMAT = {"MPO": "JPEG"}
 JPEG_QUALITY = 90
 MAX_SIDE = 65_500  # the largest width or height a JPEG can have: /predict must be able to answer with the image
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: empty, so always these 12 bytes
@@ -50,16 +60,13 @@ def inspect(data: bytes, max_pixels: int) -> ImageInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as header:
-                info = ImageInfo(header.format or "", header.width, header.height)
+            with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as header:
+                info = ImageInfo(_AS_FORMAT.get(header.format, header.format), header.width, header.height)
     except Image.DecompressionBombError:
         raise ImageError(413, f"The image declares too many pixels; the limit is {max_pixels:,}.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ImageError(
-            415, f"The file is not an image yoso can read; send one of: {', '.join(SUPPORTED_FORMATS)}."
-        ) from None
-    if info.format not in SUPPORTED_FORMATS:
-        raise ImageError(415, f"{info.format} images are not supported; send one of: {', '.join(SUPPORTED_FORMATS)}.")
+        formats = ", ".join(SUPPORTED_FORMATS)
+        raise ImageError(415, f"The file is not an image, or its format is not supported; send one of: {formats}.") from None
     if info.width < 1 or info.height < 1:
         raise ImageError(422, f"The image declares {info.width}x{info.height} pixels; it has nothing to detect.")
     if max(info.width, info.height) > MAX_SIDE:

@@ -26,11 +26,13 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
             log.info("%s: draining; in-flight requests finish within %gs", signal.Signals(sig).name,
-                     self.config.timeout_graceful_shutdown or 0)
+                     self.config.timeout_graceful_shutdown)
         self.service.drain()
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM:
             # uvicorn re-raises captured signals after shutdown; a completed drain is a clean exit.
+            # _captured_signals is private: uvicorn is pinned (requirements.txt), and an upgrade that changes
+            # it fails tests/test_serving.py::test_sigterm_drains_every_accepted_request_then_exits_0.
             self._captured_signals.clear()
 
 
@@ -48,7 +50,17 @@ def serve(settings: Settings) -> None:
         uvicorn.run("yoso.app:create_app", factory=True, reload=True, reload_dirs=["yoso"], **common)
         return
     app = create_app(settings)
+    _require_models(app.state.service, settings)
     DrainingServer(uvicorn.Config(app, **common), app.state.service).run()
+
+
+def _require_models(service: InferenceService, settings: Settings) -> None:
+    """The preload and default models must be installed: say so in one line, before listening."""
+    for name in dict.fromkeys([*settings.preload_models, settings.default_model]):
+        try:
+            service.require(name)
+        except LookupError as error:
+            raise SystemExit(f"yoso: {error}") from None
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import click
 from yosoclient.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, Client, YosoConnectionError, YosoError, YosoTimeout
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-IMAGE_FAILURES = (413, 415, 422, 500, 504)
+IMAGE_FAILURES = (408, 413, 415, 422, 500, 504)
 """Statuses that condemn one image, not the run: predict-dir records them and goes on."""
 
 

@@ -224,7 +224,11 @@ class Client:
     def health(self) -> Health:
         """Readiness: whether the server takes images now. Only a server that cannot be reached raises."""
         response = self._request("GET", "/readyz", ok=(200, 503))
-        return Health(str(response.json().get("status", "unknown")))
+        try:
+            status = response.json().get("status")
+        except ValueError:  # not yoso's JSON: a proxy's error page, say
+            status = None
+        return Health(str(status or ("ready" if response.status_code == 200 else "unavailable")))
 
     def _upload(self, path: str, image: Image, model: str | None, confidence: float | None) -> httpx.Response:
         name, data = encode_image(image)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from yoso.serving.service import InferenceService
 
@@ -23,22 +23,45 @@ _HEADERS = [
 
 
 class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, service: InferenceService) -> None:
+    """Two bounds, both answered with 503 before the upload is read.
+
+    Requests whose upload has fully arrived (waiting for or in inference) stay within the serving capacity.
+    Uploads still arriving are bounded apart, by `max_uploads`: a slow sender holds an upload place, never
+    inference capacity, so a few clients trickling bytes cannot make the server refuse everyone else.
+    """
+
+    def __init__(self, app: ASGIApp, service: InferenceService, max_uploads: int) -> None:
         self.app = app
         self.service = service
-        self.admitted = 0
+        self.max_uploads = max_uploads
+        self.uploading = 0
+        self.received = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
             await self.app(scope, receive, send)
             return
-        if self.admitted >= self.service.scheduler.capacity:
+        if self.received >= self.service.scheduler.capacity or self.uploading >= self.max_uploads:
             self.service.shed()
             await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
             await send({"type": "http.response.body", "body": _BODY})
             return
-        self.admitted += 1
+        self.uploading += 1
+        arrived = False
+
+        async def receive_noting_arrival() -> Message:
+            nonlocal arrived
+            message = await receive()
+            if not arrived and not message.get("more_body", False):
+                arrived = True
+                self.uploading -= 1
+                self.received += 1
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_noting_arrival, send)
         finally:
-            self.admitted -= 1
+            if arrived:
+                self.received -= 1
+            else:
+                self.uploading -= 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 from collections import Counter
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -58,8 +60,15 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class Detected:
+    model: str
+    image: ImageOutcome
+    task: TaskOutcome
+
+
 async def _detect(request: Request, service: InferenceService, model: str | None, confidence: float,
-                  annotate: bool, endpoint: str) -> tuple[ImageOutcome, TaskOutcome]:
+                  annotate: bool, endpoint: str) -> Detected:
     """Upload -> header check -> queued inference, dropped if the client leaves or time runs out."""
     settings = service.settings
     if not service.ready:
@@ -67,13 +76,14 @@ async def _detect(request: Request, service: InferenceService, model: str | None
         raise ApiError(503, f"The server is {state}; retry shortly.", {"Retry-After": str(RETRY_AFTER_S)})
     name = model or settings.default_model
     try:
-        service.require(name)
+        await service.ensure_installed(name)
     except UnknownModel as error:
         raise ApiError(404, str(error)) from None
     except ModelNotInstalled as error:
         raise ApiError(409, str(error)) from None
+    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s  # one bound, upload included
     try:
-        async with asyncio.timeout(settings.request_timeout_s):  # a stalled upload must not hold its admission
+        async with asyncio.timeout_at(deadline):  # a stalled upload must not hold its upload place
             data = await read_image_upload(request, settings.max_upload_bytes)
     except TimeoutError:
         raise ApiError(408, f"The upload took longer than {settings.request_timeout_s:g} s to arrive.") from None
@@ -84,8 +94,8 @@ async def _detect(request: Request, service: InferenceService, model: str | None
     inference = asyncio.ensure_future(service.detect(name, confidence, data, annotate, endpoint))
     disconnected = asyncio.ensure_future(_until_disconnected(request))
     try:
-        done, _ = await asyncio.wait({inference, disconnected}, timeout=settings.request_timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({inference, disconnected}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
     finally:
         disconnected.cancel()
     if inference not in done:
@@ -102,7 +112,7 @@ async def _detect(request: Request, service: InferenceService, model: str | None
         raise ApiError(500, f"{error}; the image was not processed. A new worker is starting.") from None
     if image.error is not None:
         raise ApiError(*image.error)
-    return image, task
+    return Detected(name, image, task)
 
 
 _PREDICT_200 = {
@@ -116,15 +126,15 @@ _PREDICT_200 = {
 @router.post("/predict", response_class=Response, summary="The image with boxes, labels and confidence drawn",
              **_UPLOAD | {"responses": _ERRORS | {200: _PREDICT_200}})
 async def predict(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    image, _ = await _detect(request, service, model, confidence, annotate=True, endpoint="predict")
-    counts = json.dumps(_counts(image), separators=(",", ":"))
-    return Response(image.jpeg, media_type="image/jpeg", headers={COUNTS_HEADER: counts})
+    detected = await _detect(request, service, model, confidence, annotate=True, endpoint="/predict")
+    counts = json.dumps(_counts(detected.image), separators=(",", ":"))
+    return Response(detected.image.jpeg, media_type="image/jpeg", headers={COUNTS_HEADER: counts})
 
 
 @router.post("/count_objects", response_model=CountResponse, summary="How many objects of each label", **_UPLOAD)
 async def count_objects(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    image, _ = await _detect(request, service, model, confidence, annotate=False, endpoint="count_objects")
-    return CountResponse(items=_counts(image))
+    detected = await _detect(request, service, model, confidence, annotate=False, endpoint="/count_objects")
+    return CountResponse(items=_counts(detected.image))
 
 
 def _counts(image: ImageOutcome) -> dict[str, int]:
@@ -133,15 +143,15 @@ def _counts(image: ImageOutcome) -> dict[str, int]:
 
 @router.post("/detect", response_model=DetectResponse, summary="Detections as JSON", **_UPLOAD)
 async def detect(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    image, task = await _detect(request, service, model, confidence, annotate=False, endpoint="detect")
-    name = model or service.settings.default_model
+    detected = await _detect(request, service, model, confidence, annotate=False, endpoint="/detect")
+    image = detected.image
     return DetectResponse(
-        model=name,
+        model=detected.model,
         confidence=confidence,
         width=image.width,
         height=image.height,
         detections=[DetectionOut(label=d.label, confidence=d.confidence, box=list(d.box)) for d in image.detections],
-        inference_ms=task.inference_ms,
+        inference_ms=detected.task.inference_ms,
     )
 
 
@@ -167,7 +177,7 @@ async def readyz(service: Service):
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def index(service: Service):
-    title = service.settings.title
+    title = html.escape(service.settings.title)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title></head>
 <body><h1>{title}</h1><p>YOLO object detection over HTTP.</p>
 <ul><li><a href="/docs">/docs</a>: try the API</li><li><a href="/redoc">/redoc</a>: reference</li>

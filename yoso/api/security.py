@@ -23,10 +23,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from yoso.api.errors import error_response
-from yoso.config import Settings
+from yoso.config import METRICS_PATH, Settings
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-METRICS_PATH = "/metrics"
 API_KEY_HEADER = "X-API-Key"
 CORS_ALLOWED_HEADERS = ("Authorization", API_KEY_HEADER, "Content-Type")
 CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate")

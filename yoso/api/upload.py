@@ -36,26 +36,23 @@ class _Parts:
 
     def __init__(self) -> None:
         self.count = 0
-        self.header_field = b""
-        self.header_value = b""
+        self.header_field = bytearray()
+        self.header_value = bytearray()
         self.is_file_part = False
-        self.file: bytearray | None = None
+        self.file: bytes | None = None
         self.chunks: list[bytes] = []
         self.ended = False  # the closing boundary was seen
 
     def callbacks(self) -> dict:
         return {
             "on_part_begin": self.on_part_begin,
-            "on_header_field": lambda data, start, end: self._append("header_field", data[start:end]),
-            "on_header_value": lambda data, start, end: self._append("header_value", data[start:end]),
+            "on_header_field": lambda data, start, end: self.header_field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self.header_value.extend(data[start:end]),
             "on_header_end": self.on_header_end,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
             "on_end": self.on_end,
         }
-
-    def _append(self, name: str, data: bytes) -> None:
-        setattr(self, name, getattr(self, name) + data)
 
     def on_part_begin(self) -> None:
         self.count += 1
@@ -66,9 +63,10 @@ class _Parts:
 
     def on_header_end(self) -> None:
         if self.header_field.lower() == b"content-disposition":
-            _, options = parse_options_header(self.header_value)
+            _, options = parse_options_header(bytes(self.header_value))
             self.is_file_part = options.get(b"name") == FIELD.encode() and self.file is None
-        self.header_field = self.header_value = b""
+        self.header_field.clear()
+        self.header_value.clear()
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.is_file_part:
@@ -76,7 +74,7 @@ class _Parts:
 
     def on_part_end(self) -> None:
         if self.is_file_part:
-            self.file = bytearray(b"".join(self.chunks))
+            self.file = b"".join(self.chunks)
         self.chunks = []
 
     def on_end(self) -> None:
@@ -117,4 +115,4 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
         raise ApiError(422, f"The form has no field named '{FIELD}'; send the image in it.")
     if len(parts.file) > max_bytes:
         raise ApiError(413, f"The image is {len(parts.file):,} bytes; the limit is {limit}.")
-    return bytes(parts.file)
+    return parts.file

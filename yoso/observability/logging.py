@@ -1,8 +1,9 @@
 """Logs go to stdout, one line per event, at YOSO_LOG_LEVEL: text for people, JSON lines for log pipelines.
 
-Every request gets one access line (method, path, status, duration, and the trace id when tracing is on)
-from AccessLogMiddleware; uvicorn's own access log is off, so lines are never doubled. The configuration
-is a dictConfig that uvicorn applies itself, so it also holds in the process uvicorn reloads in dev mode.
+Every request gets one access line (method, path, status, duration, and the trace id when the request is
+traced) from AccessLogMiddleware; uvicorn's own access log is off, so lines are never doubled. The
+configuration is a dictConfig that uvicorn applies itself, so it also holds in the process uvicorn reloads
+in dev mode.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from yoso.config import LogFormat, Settings
+from yoso.observability.tracing import service_name
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "trace_id")
@@ -27,12 +29,21 @@ access_log = logging.getLogger("yoso.access")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the access fields when present."""
+    """One JSON object per line: time, level, service, logger, message, and the access fields when present.
+
+    `service` lets a log pipeline that collects many services tell yoso's lines apart (and join them to the
+    traces, which carry the same name).
+    """
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
+            "service": self.service,
             "logger": record.name,
             "message": record.getMessage(),
         }
@@ -44,8 +55,8 @@ class JsonFormatter(logging.Formatter):
 
 def logging_config(settings: Settings) -> dict[str, Any]:
     """The dictConfig for yoso and uvicorn: everything through the root logger to stdout."""
-    formatter = ({"()": f"{__name__}.JsonFormatter"} if settings.log_format is LogFormat.json
-                 else {"format": TEXT_FORMAT})
+    formatter = ({"()": f"{__name__}.JsonFormatter", "service": service_name(settings)}
+                 if settings.log_format is LogFormat.json else {"format": TEXT_FORMAT})
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -59,6 +70,11 @@ def logging_config(settings: Settings) -> dict[str, Any]:
 
 def configure_logging(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings))
+
+
+def _printable(text: str) -> str:
+    """Control characters escaped: a client's %0a must not start a line of its own in the log."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 class AccessLogMiddleware:
@@ -86,13 +102,13 @@ class AccessLogMiddleware:
         finally:
             fields: dict[str, Any] = {
                 "method": scope["method"],
-                "path": scope["path"],
+                "path": _printable(scope["path"]),
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             }
             message = "{method} {path} {status} {duration_ms} ms".format(**fields)
             span = trace.get_current_span().get_span_context()
-            if span.is_valid:
+            if span.is_valid and span.trace_flags.sampled:  # a sampled-out request's id leads to no trace
                 fields["trace_id"] = trace.format_trace_id(span.trace_id)
                 message += f" trace_id={fields['trace_id']}"
             access_log.info(message, extra=fields)

@@ -8,7 +8,7 @@ one process: inference worker processes only send results back, and everything i
 
 from __future__ import annotations
 
-import weakref
+import re
 from collections.abc import Iterable
 
 from fastapi import FastAPI
@@ -22,12 +22,11 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from yoso.config import METRICS_PATH
 from yoso.model.zoo import ZOO
 from yoso.serving.pool import WorkerPool
 from yoso.serving.service import InferenceService
 from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
-
-METRICS_PATH = "/metrics"
 
 # Whole requests: a probe answers in a millisecond, a big image on a busy server takes seconds.
 REQUEST_SECONDS_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10)
@@ -52,7 +51,8 @@ class InferenceMetrics:
             "yoso_annotate_encode_seconds", "Drawing the boxes on one image and encoding it as JPEG (/predict).",
             buckets=STAGE_SECONDS_BUCKETS, registry=registry)
         self.images = Counter(
-            "yoso_images_processed_total", "Images run through a model.", ["model", "endpoint"], registry=registry)
+            "yoso_images_processed_total", "Images run through a model, by route (spelt as the handler label).",
+            ["model", "endpoint"], registry=registry)
         self.detections = Counter(
             "yoso_detections_total", "Objects detected, by label.", ["model", "label"], registry=registry)
         self.images_without_detections = Counter(
@@ -78,15 +78,13 @@ class InferenceMetrics:
 
 
 class MetricsObserver:
-    """An InferenceObserver that turns each processed image into metrics."""
+    """An InferenceObserver that turns each processed image and each forward pass into metrics."""
 
     def __init__(self, metrics: InferenceMetrics) -> None:
         self.metrics = metrics
-        # A batch is one forward pass shared by several requests: its duration counts once. TaskOutcome is
-        # unhashable, so batches are remembered by id() until the outcome is garbage-collected.
-        self._batches_seen: dict[int, weakref.ref[TaskOutcome]] = {}
 
-    def image_done(self, model: str, endpoint: str, image: ImageOutcome, task: TaskOutcome) -> None:
+    def image_done(self, model: str, endpoint: str, confidence: float, image: ImageOutcome,
+                   task: TaskOutcome) -> None:
         m = self.metrics
         m.images.labels(model, endpoint).inc()
         m.input_megapixels.observe(image.width * image.height / 1e6)
@@ -94,20 +92,16 @@ class MetricsObserver:
             m.decode_seconds.observe(_seconds(image.decode))
         if image.encode is not None:
             m.annotate_encode_seconds.observe(_seconds(image.encode))
-        if task.inference is not None and self._first_sight(task):
-            m.inference_seconds.labels(model).observe(_seconds(task.inference))
         if not image.detections:
             m.images_without_detections.labels(model).inc()
         for detection in image.detections:
             m.detections.labels(model, detection.label).inc()
             m.confidence.labels(model).observe(detection.confidence)
 
-    def _first_sight(self, task: TaskOutcome) -> bool:
-        key = id(task)
-        if key in self._batches_seen:
-            return False
-        self._batches_seen[key] = weakref.ref(task, lambda _: self._batches_seen.pop(key, None))
-        return True
+    def task_done(self, model: str, task: TaskOutcome) -> None:
+        """A batch is one forward pass shared by its requests: counted once, even if its callers left."""
+        if task.inference is not None:
+            self.metrics.inference_seconds.labels(model).observe(_seconds(task.inference))
 
     def model_loaded(self, model: str, seconds: float) -> None:
         self.metrics.model_load_seconds.labels(model).observe(seconds)
@@ -131,7 +125,7 @@ class LoadedModels(Collector):
 
 
 class InFlightMiddleware:
-    """Counts the HTTP requests being handled, /metrics excluded."""
+    """Counts the HTTP requests being handled, the quiet paths (/metrics) excluded."""
 
     def __init__(self, app: ASGIApp, gauge: Gauge, skip_paths: tuple[str, ...]) -> None:
         self.app = app
@@ -149,8 +143,8 @@ class InFlightMiddleware:
             self.gauge.dec()
 
 
-def install_metrics(app: FastAPI, service: InferenceService) -> CollectorRegistry:
-    """Serve /metrics and record HTTP and inference metrics into a registry of the app's own."""
+def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[str, ...]) -> None:
+    """Serve /metrics and record HTTP and inference metrics (skip_paths aside) into a registry of the app's own."""
     disable_created_metrics()  # process-wide: the *_created series double the output and no query here uses them
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
@@ -161,7 +155,7 @@ def install_metrics(app: FastAPI, service: InferenceService) -> CollectorRegistr
 
     instrumentator = Instrumentator(
         should_group_status_codes=False,
-        excluded_handlers=[f"^{METRICS_PATH}$"],
+        excluded_handlers=[f"^{re.escape(path)}$" for path in skip_paths],
         registry=registry,
     )
     instrumentator.add(
@@ -169,9 +163,8 @@ def install_metrics(app: FastAPI, service: InferenceService) -> CollectorRegistr
         http_metrics.latency(should_include_status=False, buckets=REQUEST_SECONDS_BUCKETS, registry=registry),
     )
     instrumentator.instrument(app)
-    app.add_middleware(InFlightMiddleware, gauge=metrics.requests_in_flight, skip_paths=(METRICS_PATH,))
+    app.add_middleware(InFlightMiddleware, gauge=metrics.requests_in_flight, skip_paths=skip_paths)
     instrumentator.expose(app, endpoint=METRICS_PATH, include_in_schema=False)
-    return registry
 
 
 def _seconds(interval: Interval) -> float:

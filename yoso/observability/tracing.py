@@ -57,12 +57,14 @@ def span_exporter(settings: Settings) -> SpanExporter:
     return ConsoleSpanExporter(formatter=_one_line)
 
 
+def service_name(settings: Settings) -> str:
+    """YOSO_SERVICE_NAME, unless the platform named the service (OTEL_SERVICE_NAME, or service.name in
+    OTEL_RESOURCE_ATTRIBUTES): traces and JSON logs then carry the platform's name."""
+    return str(OTELResourceDetector().detect().attributes.get(SERVICE_NAME, settings.service_name))
+
+
 def service_resource(settings: Settings) -> Resource:
-    """YOSO_SERVICE_NAME names the service unless the platform set OTEL_SERVICE_NAME (or service.name)."""
-    attributes: dict[str, str] = {SERVICE_VERSION: __version__}
-    if SERVICE_NAME not in OTELResourceDetector().detect().attributes:
-        attributes[SERVICE_NAME] = settings.service_name
-    return Resource.create(attributes)
+    return Resource.create({SERVICE_NAME: service_name(settings), SERVICE_VERSION: __version__})
 
 
 def tracer_provider(settings: Settings) -> TracerProvider:
@@ -81,21 +83,24 @@ class TracingObserver:
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
 
-    def image_done(self, model: str, endpoint: str, image: ImageOutcome, task: TaskOutcome) -> None:
+    def image_done(self, model: str, endpoint: str, confidence: float, image: ImageOutcome,
+                   task: TaskOutcome) -> None:
         if not trace.get_current_span().is_recording():
             return  # the request was sampled out
         self._stage("decode", image.decode)
         attributes = {
             "yoso.model": model,
+            "yoso.confidence": confidence,
             "yoso.image.width": image.width,
             "yoso.image.height": image.height,
             "yoso.detections": len(image.detections),
             "yoso.batch_size": len(task.images),
         }
-        if task.confidence is not None:
-            attributes["yoso.confidence"] = task.confidence
         self._stage("inference", task.inference, attributes)
         self._stage("encode", image.encode)
+
+    def task_done(self, model: str, task: TaskOutcome) -> None:
+        """A task is shared by the requests of its batch; each request's span gets its inference in image_done."""
 
     def model_loaded(self, model: str, seconds: float) -> None:
         """Model loads happen outside requests; metrics record them."""
@@ -110,8 +115,7 @@ class TracingObserver:
         span.end(end_time=interval[1])
 
 
-def install_tracing(app: FastAPI, settings: Settings, service: InferenceService,
-                    skip_paths: tuple[str, ...]) -> TracerProvider:
+def install_tracing(app: FastAPI, settings: Settings, service: InferenceService, skip_paths: tuple[str, ...]) -> None:
     provider = tracer_provider(settings)
     service.observers.append(TracingObserver(provider.get_tracer(__name__, __version__)))
     excluded = ",".join(rf"^[a-z]+://[^/]+{re.escape(path)}$" for path in skip_paths)
@@ -123,7 +127,6 @@ def install_tracing(app: FastAPI, settings: Settings, service: InferenceService,
     }.get(settings.otel_instrument_exporter, " to stdout")
     log.info("tracing: %s exporter%s, sampling %g%% of new traces", settings.otel_instrument_exporter.value,
              destination, 100 * settings.otel_sampling_ratio)
-    return provider
 
 
 def _one_line(span: ReadableSpan) -> str:

@@ -2,6 +2,8 @@
 
 The pool starts the workers, waits until each has loaded and warmed its models, runs one task at a time on
 an idle worker, and replaces a worker that dies, answering its task with an error instead of losing it.
+Each worker's pipe is served by two threads, a writer and a reader, so that neither a large upload nor a
+large result ever blocks the event loop, whatever that loop does to file descriptors.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from yoso.serving.tasks import Task, TaskOutcome, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
 _SPAWN = multiprocessing.get_context("spawn")  # never fork a process that holds threads
+RESPAWN_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after consecutive start-up failures
 
 
 class WorkerCrashed(RuntimeError):
@@ -36,6 +40,7 @@ class _Worker:
     process: BaseProcess
     connection: Connection
     ready: asyncio.Future[WorkerReady]
+    outbox: queue.SimpleQueue[Task | None] = field(default_factory=queue.SimpleQueue)
     task: asyncio.Future[TaskOutcome] | None = None
     task_model: str = ""
     models: set[str] = field(default_factory=set)
@@ -49,9 +54,11 @@ class WorkerPool:
         self.cpu_count = cpu_count
         self.on_idle: Callable[[], None] = lambda: None
         self.on_model_loaded: Callable[[str, float], None] = lambda name, seconds: None
+        self.on_task_done: Callable[[str, TaskOutcome], None] = lambda model, outcome: None
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._closing = False
+        self._failed_starts = 0
 
     @property
     def idle(self) -> int:
@@ -60,6 +67,11 @@ class WorkerPool:
     @property
     def busy(self) -> int:
         return sum(1 for w in self._workers if w.task is not None)
+
+    @property
+    def live(self) -> int:
+        """Workers that have loaded their models and can take tasks."""
+        return sum(1 for w in self._workers if w.ready.done() and not w.ready.exception())
 
     def workers_with(self, model: str) -> int:
         return sum(1 for w in self._workers if model in w.models)
@@ -81,20 +93,14 @@ class WorkerPool:
         chosen = self._idle.pop()
         chosen.task = asyncio.get_running_loop().create_future()
         chosen.task_model = task.model
-        try:
-            chosen.connection.send(task)
-        except OSError:
-            self._on_exit(chosen)
+        chosen.outbox.put(task)
         return chosen.task
 
     async def stop(self) -> None:
         """Ask every worker to exit (its reader thread ends with its pipe), then reap it."""
         self._closing = True
         for w in self._workers:
-            try:
-                w.connection.send(None)
-            except OSError:
-                pass
+            w.outbox.put(None)
         for w in self._workers:
             await asyncio.to_thread(w.process.join, 5)
             if w.process.is_alive():
@@ -115,14 +121,24 @@ class WorkerPool:
         theirs.close()
         w = _Worker(process, ours, loop.create_future())
         self._workers.append(w)
+        threading.Thread(target=self._write, args=(w,), name="yoso-worker-writer", daemon=True).start()
         threading.Thread(target=self._read, args=(w, loop), name="yoso-worker-reader", daemon=True).start()
         return w
 
-    def _read(self, w: _Worker, loop: asyncio.AbstractEventLoop) -> None:
-        """Reader thread of one worker: whole messages, whatever the event loop does to file descriptors.
+    @staticmethod
+    def _write(w: _Worker) -> None:
+        """Writer thread of one worker: tasks in order, until the stop sentinel or a broken pipe."""
+        while True:
+            item = w.outbox.get()
+            try:
+                w.connection.send(item)
+            except OSError:
+                return  # the reader sees the pipe close and reports the worker gone
+            if item is None:
+                return
 
-        (uvloop makes a descriptor it watches non-blocking, which would cut a large result in two.)
-        """
+    def _read(self, w: _Worker, loop: asyncio.AbstractEventLoop) -> None:
+        """Reader thread of one worker: whole messages, handed to the event loop."""
         while True:
             try:
                 message = w.connection.recv()
@@ -139,6 +155,7 @@ class WorkerPool:
             for name, seconds in message.model_load_s.items():
                 self.on_model_loaded(name, seconds)
             w.ready.set_result(message)
+            self._failed_starts = 0
             self._make_idle(w)
         elif isinstance(message, WorkerFailed):
             if not w.ready.done():
@@ -148,6 +165,7 @@ class WorkerPool:
             if message.model_load_s is not None:
                 w.models.add(w.task_model)
                 self.on_model_loaded(w.task_model, message.model_load_s)
+            self.on_task_done(w.task_model, message)  # once per task, whether or not its callers still wait
             if task is not None and not task.done():
                 task.set_result(message)
             self._make_idle(w)
@@ -165,14 +183,30 @@ class WorkerPool:
             self._idle.remove(w)
         if w in self._workers:
             self._workers.remove(w)
+        w.outbox.put(None)
         how = "" if w.process.exitcode is None else f" (exit code {w.process.exitcode})"
         if not w.ready.done():
             w.ready.set_exception(PoolStartError(f"a worker exited during start-up{how}"))
+        if w.ready.exception() is not None:
+            self._failed_starts += 1
         if w.task is not None and not w.task.done():
             w.task.set_exception(WorkerCrashed(f"the inference worker died{how}"))
-        if not self._closing:
-            log.error("inference worker %s died%s; starting a replacement", w.process.pid, how)
-            self._spawn()
+        if self._closing:
+            return
+        delay = RESPAWN_DELAYS_S[min(self._failed_starts, len(RESPAWN_DELAYS_S) - 1)]
+        log.error("inference worker %s died%s; starting a replacement in %g s", w.process.pid, how, delay)
+        asyncio.get_running_loop().call_later(delay, self._replace)
+
+    def _replace(self) -> None:
+        if self._closing:
+            return
+        replacement = self._spawn()
+        replacement.ready.add_done_callback(_log_failed_start)
+
+
+def _log_failed_start(ready: asyncio.Future[WorkerReady]) -> None:
+    if ready.exception() is not None:
+        log.error("a replacement worker failed to start: %s", ready.exception())
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:

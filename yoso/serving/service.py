@@ -1,7 +1,8 @@
 """The inference service: everything the HTTP layer needs, and nothing of HTTP.
 
 It owns the worker pool and the scheduler, knows which models are installed and loaded, and tells
-observers what happened to each image so that metrics and traces are attached from outside.
+observers what happened to each image and each task (batch) so that metrics and traces are attached from
+outside.
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ class ModelNotInstalled(LookupError):
 
 
 class InferenceObserver(Protocol):
-    """Told about every processed image, model load and shed request (metrics, traces)."""
+    """Told about every processed image, finished task, model load and shed request (metrics, traces)."""
 
-    def image_done(self, model: str, endpoint: str, image: ImageOutcome, task: TaskOutcome) -> None: ...
+    def image_done(self, model: str, endpoint: str, confidence: float, image: ImageOutcome,
+                   task: TaskOutcome) -> None:
+        """Called in the request's context (its span is current), once the image's answer is ready."""
+
+    def task_done(self, model: str, task: TaskOutcome) -> None:
+        """Called once per task (a batch shares one), even when every caller has stopped waiting."""
 
     def model_loaded(self, model: str, seconds: float) -> None: ...
 
@@ -72,14 +78,15 @@ class InferenceService:
             cpu_count=available_cores(),
         )
         self.pool.on_model_loaded = self._model_loaded
+        self.pool.on_task_done = self._task_done
         self.scheduler = Scheduler(
             self.pool,
             max_queue=settings.queue_limit,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
         )
-        self.ready = False
         self.draining = False
+        self._started = False
         self._starting: asyncio.Future[None] | None = None
         self._installed: set[str] = set()
 
@@ -97,12 +104,16 @@ class InferenceService:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         if not self.draining:
-            self.ready = True
+            self._started = True
             log.info("ready: %d workers, models %s", self.pool.size, ", ".join(self.settings.preload_models))
+
+    @property
+    def ready(self) -> bool:
+        """Models loaded and warmed, not draining, and at least one worker alive to take images."""
+        return self._started and not self.draining and self.pool.live > 0
 
     def drain(self) -> None:
         """Stop reporting ready: load balancers take this replica out while in-flight requests finish."""
-        self.ready = False
         self.draining = True
 
     async def stop(self) -> None:
@@ -110,6 +121,11 @@ class InferenceService:
         if self._starting is not None:
             self._starting.cancel()
         await self.pool.stop()
+
+    async def ensure_installed(self, name: str) -> None:
+        """`require`, off the event loop the first time: verifying a model hashes its weights (up to 258 MB)."""
+        if name not in self._installed:
+            await asyncio.to_thread(self.require, name)
 
     def require(self, name: str) -> None:
         """Raise unless `name` is a known, installed model (once found installed, it stays so)."""
@@ -127,7 +143,7 @@ class InferenceService:
         self.require(model)
         image, task = await self.scheduler.run(model, confidence, ImageJob(data, annotate))
         if image.error is None:
-            self._notify("image_done", model, endpoint, image, task)
+            self._notify("image_done", model, endpoint, confidence, image, task)
         return image, task
 
     def models(self) -> list[ModelStatus]:
@@ -145,6 +161,9 @@ class InferenceService:
 
     def _model_loaded(self, model: str, seconds: float) -> None:
         self._notify("model_loaded", model, seconds)
+
+    def _task_done(self, model: str, task: TaskOutcome) -> None:
+        self._notify("task_done", model, task)
 
     def _notify(self, event: str, *args: object) -> None:
         """Observers watch; a failing one is logged and never fails the request it watches."""

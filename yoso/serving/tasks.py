@@ -41,7 +41,6 @@ class TaskOutcome:
     images: list[ImageOutcome]
     inference: Interval | None = None
     model_load_s: float | None = None  # set when this task made the worker load the model
-    confidence: float | None = None  # the threshold the task ran with (for traces)
 
     @property
     def inference_ms(self) -> float:

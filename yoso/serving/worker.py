@@ -66,7 +66,7 @@ class Worker:
                 continue
             outcomes[i].decode = (started, time.time_ns())
             outcomes[i].height, outcomes[i].width = images[i].shape[:2]
-        result = TaskOutcome(outcomes, model_load_s=load_s, confidence=task.confidence)
+        result = TaskOutcome(outcomes, model_load_s=load_s)
         if not images:
             return result
         started = time.time_ns()
