@@ -26,7 +26,8 @@ def model_store() -> ModelStore:
 def server(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real server for the whole session: both tiny models preloaded, two workers, a queue deep
     enough that concurrent tests are never shed (shedding has tests of its own)."""
-    live = LiveServer(env={"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "256"})
+    live = LiveServer(env={"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "256",
+                           "YOSO_MAX_UPLOADS": "256"})
     live.start(tmp_path_factory.mktemp("server") / "server.log")
     yield live
     live.stop()

@@ -36,6 +36,16 @@ class LoadResult:
         total = len(self.ok_latencies_s) + len(self.shed_latencies_s) + self.errors
         return len(self.shed_latencies_s) / total if total else 0.0
 
+    @classmethod
+    def merged(cls, results: list[LoadResult]) -> LoadResult:
+        """Several measurements of the same phase, as one."""
+        whole = cls(results[0].concurrency, sum(r.seconds for r in results))
+        for result in results:
+            whole.ok_latencies_s += result.ok_latencies_s
+            whole.shed_latencies_s += result.shed_latencies_s
+            whole.error_statuses.update(result.error_statuses)
+        return whole
+
     def ok_ms(self, quantile: float) -> float:
         return _quantile(self.ok_latencies_s, quantile) * 1000
 
