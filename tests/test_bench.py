@@ -12,7 +12,7 @@ from tests.support import ROOT
 
 def test_the_benchmark_measures_raw_and_server_phases_and_writes_json(model_store, tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "yoso.bench", "--seconds", "1", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "yoso.bench", "--seconds", "1", "--rounds", "1", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
