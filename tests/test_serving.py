@@ -70,8 +70,8 @@ def test_a_request_over_the_time_limit_gets_504(start):
 
 def test_slow_uploads_hold_upload_places_not_inference_capacity(start):
     live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="0", YOSO_MAX_UPLOADS="3")
-    head = (f"POST /count_objects HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-            f"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n").encode()
+    head = ("POST /count_objects HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n").encode()
     tricklers = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(3)]
     try:
         for trickler in tricklers:

@@ -50,17 +50,16 @@ def serve(settings: Settings) -> None:
         uvicorn.run("yoso.app:create_app", factory=True, reload=True, reload_dirs=["yoso"], **common)
         return
     app = create_app(settings)
-    _require_models(app.state.service, settings)
+    _require_models(app.state.service)
     DrainingServer(uvicorn.Config(app, **common), app.state.service).run()
 
 
-def _require_models(service: InferenceService, settings: Settings) -> None:
+def _require_models(service: InferenceService) -> None:
     """The preload and default models must be installed: say so in one line, before listening."""
-    for name in dict.fromkeys([*settings.preload_models, settings.default_model]):
-        try:
-            service.require(name)
-        except LookupError as error:
-            raise SystemExit(f"yoso: {error}") from None
+    try:
+        service.require_configured()
+    except LookupError as error:
+        raise SystemExit(f"yoso: {error}") from None
 
 
 def main() -> None:

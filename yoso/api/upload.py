@@ -106,7 +106,8 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
             parser.write(chunk)
         parser.finalize()
     except FormParserError as error:
-        raise ApiError(422, f"The multipart body is malformed ({error}); send the image in a field named '{FIELD}'.")
+        detail = f"The multipart body is malformed ({error}); send the image in a field named '{FIELD}'."
+        raise ApiError(422, detail) from None
     except ClientDisconnect:
         raise ApiError(499, "The client closed the connection before the upload was complete.") from None
     if not parts.ended:

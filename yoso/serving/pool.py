@@ -76,9 +76,6 @@ class WorkerPool:
     def workers_with(self, model: str) -> int:
         return sum(1 for w in self._workers if model in w.models)
 
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w.process.pid is not None]
-
     async def start(self) -> None:
         """Start every worker and return once all have loaded and warmed the preload models."""
         started = [self._spawn() for _ in range(self.size)]

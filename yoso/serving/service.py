@@ -16,6 +16,7 @@ from typing import Protocol
 
 from yoso.config import Settings
 from yoso.cores import available_cores
+from yoso.model.detector import read_labels
 from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
 from yoso.serving.pool import PoolStartError, WorkerPool
@@ -91,9 +92,8 @@ class InferenceService:
         self._installed: set[str] = set()
 
     async def start(self) -> None:
-        """Check the preload models now; load and warm them in the background (`ready` turns True after)."""
-        for name in self.settings.preload_models:
-            self.require(name)
+        """Check the models now; load and warm them in the background (`ready` turns True after)."""
+        self.require_configured()
         self._starting = asyncio.ensure_future(self._start_pool())
 
     async def _start_pool(self) -> None:
@@ -127,6 +127,11 @@ class InferenceService:
         if name not in self._installed:
             await asyncio.to_thread(self.require, name)
 
+    def require_configured(self) -> None:
+        """Raise unless the preload models and the default model are all installed."""
+        for name in dict.fromkeys([*self.settings.preload_models, self.settings.default_model]):
+            self.require(name)
+
     def require(self, name: str) -> None:
         """Raise unless `name` is a known, installed model (once found installed, it stays so)."""
         if name in self._installed:
@@ -150,7 +155,7 @@ class InferenceService:
         statuses = []
         for name, spec in ZOO.items():
             files = self.store.files(spec)
-            classes = sum(1 for line in files.names.read_text().splitlines() if line.strip()) if files else None
+            classes = len(read_labels(files.names)) if files else None
             loaded_by = self.pool.workers_with(name)
             statuses.append(ModelStatus(name, files is not None, loaded_by > 0, loaded_by, classes, spec.download_bytes))
         return statuses
