@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import socket
@@ -171,15 +172,11 @@ def test_a_worker_that_dies_mid_request_is_answered_and_replaced(start):
     assert httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}).json() == EXPECTED
 
 
-def test_workers_compute_at_a_lower_priority_than_the_server(server):
-    import psutil
-
-    from yoso.serving.worker import WORKER_NICENESS
-
-    front = psutil.Process(server.process.pid)
+def test_workers_compute_at_idle_priority_so_the_server_process_always_runs_first(server):
     workers = inference_workers(server.process.pid)
     assert len(workers) == 2
-    assert all(worker.nice() == front.nice() + WORKER_NICENESS for worker in workers)
+    assert os.sched_getscheduler(server.process.pid) == os.SCHED_OTHER
+    assert all(os.sched_getscheduler(worker.pid) == os.SCHED_IDLE for worker in workers)
 
 
 def test_replacements_that_cannot_start_back_off_and_the_server_is_not_ready_meanwhile(model_store, tmp_path):

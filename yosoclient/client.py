@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ DEFAULT_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT_S = 60.0
 RETRIES_ON_503 = 3
 MAX_RETRY_WAIT_S = 10.0
+RETRY_JITTER = 0.5  # wait Retry-After plus up to half again: clients refused together do not return together
 COUNTS_HEADER = "X-Yoso-Counts"  # /predict: what it drew, per label, as JSON
 
 Image = str | os.PathLike | bytes | np.ndarray
@@ -166,7 +168,7 @@ class Client:
 
     `model` and `confidence` left as None take the server's defaults (YOSO_DEFAULT_MODEL, 0.5).
     A 503 carrying Retry-After (the server is at capacity or still loading) is retried up to `retries`
-    times, waiting what the server asks for, at most `max_retry_wait_s` each time.
+    times, waiting what the server asks for plus up to half again at random, at most `max_retry_wait_s`.
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT_S, api_key: str | None = None,
@@ -249,7 +251,7 @@ class Client:
             if wait_s is None or retries_left == 0:
                 raise YosoError(response.status_code, _detail(response))
             retries_left -= 1
-            time.sleep(min(wait_s, self.max_retry_wait_s))
+            time.sleep(min(wait_s * (1 + random.random() * RETRY_JITTER), self.max_retry_wait_s))
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = self.base_url + path

@@ -61,7 +61,7 @@ def _row(label: str, result: LoadResult) -> dict:
     return row
 
 
-def _load(live: LiveServer, images: list[bytes], concurrency: int, seconds: float) -> LoadResult:
+def _load(live: LiveServer, images: list[Path], concurrency: int, seconds: float) -> LoadResult:
     return run_load("127.0.0.1", live.port, ENDPOINT, images, concurrency, seconds)
 
 
@@ -89,7 +89,8 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path) ->
     files = ModelStore(settings.model_dir).files(ZOO[model])
     if files is None:
         raise click.ClickException(f"{model} is not installed: run `python -m yoso.models pull {model}`")
-    images = [path.read_bytes() for path in sorted(image_dir.glob("*.jpg"))]
+    image_paths = sorted(image_dir.glob("*.jpg"))
+    images = [path.read_bytes() for path in image_paths]
     cores = os.cpu_count() or 1
     workers = settings.workers
     click.echo(f"yoso bench: {model}, {len(images)} images, {cores} cores, {workers} workers, {seconds:g} s/phase")
@@ -108,14 +109,14 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path) ->
         click.echo("server over HTTP, /count_objects, keep-alive clients:")
         live = _start_server(model, workers, {}, log_dir)
         try:
-            rows.append(_row("concurrency 1", _load(live, images, 1, seconds)))
-            rows.append(_row("concurrency = workers", _load(live, images, workers, seconds)))
+            rows.append(_row("concurrency 1", _load(live, image_paths, 1, seconds)))
+            rows.append(_row("concurrency = workers", _load(live, image_paths, workers, seconds)))
             # The host drifts: the raw limit is measured again before each round, and ratios are paired.
             full, overload = [], []
             for _ in range(rounds):
                 raw_rounds.append(best_layout(model, files, images, cores, seconds).images_per_s)
-                full.append(_load(live, images, 4 * workers, seconds))
-                overload.append(_load(live, images, 16 * workers, seconds))
+                full.append(_load(live, image_paths, 4 * workers, seconds))
+                overload.append(_load(live, image_paths, 16 * workers, seconds))
                 full_ratios.append(full[-1].images_per_s / raw_rounds[-1])
                 overload_ratios.append(overload[-1].images_per_s / raw_rounds[-1])
             click.echo(f"  ({rounds} rounds, each after its own raw measurement: "
@@ -126,7 +127,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path) ->
             live.stop()
         live = _start_server(model, workers, {"YOSO_MAX_BATCH_SIZE": "4", "YOSO_MAX_BATCH_DELAY_MS": "5"}, log_dir)
         try:
-            rows.append(_row("batching on (4, 5 ms), 4 x w", _load(live, images, 4 * workers, seconds)))
+            rows.append(_row("batching on (4, 5 ms), 4 x w", _load(live, image_paths, 4 * workers, seconds)))
         finally:
             live.stop()
 

@@ -1,18 +1,26 @@
 """A closed-loop HTTP load generator: N clients on keep-alive connections posting sample images.
 
-Clients behave as yosoclient does: a 503 is retried after its Retry-After. The generator is plain
-http.client in threads, so it costs the machine far less than the server it measures.
+Each client is its own process (`python -m yoso.bench.load`) running plain http.client, as N independent
+users are: no client waits for another's turn at an interpreter lock, so the latencies measured are the
+server's. Clients behave as yosoclient does: a 503 is retried after its Retry-After plus up to half again
+at random. The parent starts them all, then gives one start signal, so every client measures the same window.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import random
 import statistics
-import threading
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+RETRY_JITTER = 0.5  # yosoclient's: clients refused together do not all return together
 
 
 @dataclass
@@ -37,9 +45,9 @@ class LoadResult:
         return len(self.shed_latencies_s) / total if total else 0.0
 
     @classmethod
-    def merged(cls, results: list[LoadResult]) -> LoadResult:
-        """Several measurements of the same phase, as one."""
-        whole = cls(results[0].concurrency, sum(r.seconds for r in results))
+    def merged(cls, results: list[LoadResult], concurrency: int | None = None, seconds: float | None = None) -> LoadResult:
+        """Several measurements as one: rounds of one phase (seconds add up), or clients of one run (given)."""
+        whole = cls(concurrency or results[0].concurrency, seconds or sum(r.seconds for r in results))
         for result in results:
             whole.ok_latencies_s += result.ok_latencies_s
             whole.shed_latencies_s += result.shed_latencies_s
@@ -68,44 +76,85 @@ def multipart(image: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def run_load(host: str, port: int, path: str, images: list[bytes], concurrency: int, seconds: float,
+def run_load(host: str, port: int, path: str, images: list[Path], concurrency: int, seconds: float,
              warmup_s: float = 2.0) -> LoadResult:
-    bodies = [multipart(image) for image in images]
-    result = LoadResult(concurrency, seconds)
-    lock = threading.Lock()
-    measure_from = time.perf_counter() + warmup_s
-    stop_at = measure_from + seconds
+    """`concurrency` client processes posting `images` in turn for `warmup_s` unmeasured, then `seconds`."""
+    job = json.dumps({"host": host, "port": port, "path": path, "images": [str(image) for image in images]})
+    clients = [subprocess.Popen([sys.executable, "-m", __name__, str(index)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for index in range(concurrency)]
+    try:
+        for client in clients:
+            client.stdin.write(job + "\n")
+            client.stdin.flush()
+        for client in clients:
+            if client.stdout.readline().strip() != "ready":
+                raise RuntimeError("a load client failed to start")
+        measure_from = time.monotonic() + warmup_s  # CLOCK_MONOTONIC: one clock for every process
+        window = json.dumps({"measure_from": measure_from, "stop_at": measure_from + seconds})
+        for client in clients:
+            client.stdin.write(window + "\n")
+            client.stdin.flush()
+        results = [_result(json.loads(client.stdout.readline()), concurrency, seconds) for client in clients]
+    finally:
+        for client in clients:
+            _reap(client)
+    return LoadResult.merged(results, concurrency, seconds)
 
-    def client(index: int) -> None:
-        connection = http.client.HTTPConnection(host, port, timeout=60)
-        i = index
-        while (now := time.perf_counter()) < stop_at:
-            body, content_type = bodies[i % len(bodies)]
-            i += 1
-            try:
-                connection.request("POST", path, body, {"Content-Type": content_type})
-                response = connection.getresponse()
-                response.read()
-                status, retry_after = response.status, response.getheader("Retry-After")
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                status, retry_after = 0, None
-            elapsed = time.perf_counter() - now
-            if now >= measure_from and now + elapsed <= stop_at:
-                with lock:
-                    if status == 200:
-                        result.ok_latencies_s.append(elapsed)
-                    elif status == 503:
-                        result.shed_latencies_s.append(elapsed)
-                    else:
-                        result.error_statuses[status] += 1
-            if status == 503 and retry_after:
-                time.sleep(min(float(retry_after), max(0.0, stop_at - time.perf_counter())))
-        connection.close()
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return result
+def _reap(client: subprocess.Popen) -> None:
+    client.stdin.close()  # a client still waiting for its window reads EOF and exits
+    try:
+        client.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        client.wait()
+
+
+def _result(figures: dict, concurrency: int, seconds: float) -> LoadResult:
+    return LoadResult(concurrency, seconds, figures["ok"], figures["shed"],
+                      Counter({int(status): n for status, n in figures["errors"].items()}))
+
+
+def _client(job: dict, bodies: list[tuple[bytes, str]], index: int, measure_from: float, stop_at: float) -> dict:
+    """One keep-alive connection posting images until `stop_at`; latencies of requests inside the window."""
+    connection = http.client.HTTPConnection(job["host"], job["port"], timeout=60)
+    ok, shed, errors = [], [], Counter()
+    i = index
+    while (now := time.monotonic()) < stop_at:
+        body, content_type = bodies[i % len(bodies)]
+        i += 1
+        try:
+            connection.request("POST", job["path"], body, {"Content-Type": content_type})
+            response = connection.getresponse()
+            response.read()
+            status, retry_after = response.status, response.getheader("Retry-After")
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            status, retry_after = 0, None
+        elapsed = time.monotonic() - now
+        if now >= measure_from and now + elapsed <= stop_at:
+            if status == 200:
+                ok.append(elapsed)
+            elif status == 503:
+                shed.append(elapsed)
+            else:
+                errors[status] += 1
+        if status == 503 and retry_after:
+            wait_s = float(retry_after) * (1 + random.random() * RETRY_JITTER)
+            time.sleep(min(wait_s, max(0.0, stop_at - time.monotonic())))
+    connection.close()
+    return {"ok": ok, "shed": shed, "errors": errors}
+
+
+def _client_main() -> None:
+    """`python -m yoso.bench.load INDEX`: the job on stdin, "ready", the window on stdin, figures on stdout."""
+    job = json.loads(sys.stdin.readline())
+    bodies = [multipart(Path(image).read_bytes()) for image in job["images"]]
+    print("ready", flush=True)
+    window = json.loads(sys.stdin.readline())
+    figures = _client(job, bodies, int(sys.argv[1]), window["measure_from"], window["stop_at"])
+    print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    _client_main()

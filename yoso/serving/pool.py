@@ -47,11 +47,12 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, size: int, model_dir: Path, preload: list[str], cpu_count: int) -> None:
+    def __init__(self, size: int, model_dir: Path, preload: list[str], cpu_count: int, max_pixels: int) -> None:
         self.size = size
         self.model_dir = model_dir
         self.preload = list(preload)
         self.cpu_count = cpu_count
+        self.max_pixels = max_pixels
         self.on_idle: Callable[[], None] = lambda: None
         self.on_model_loaded: Callable[[str, float], None] = lambda name, seconds: None
         self.on_task_done: Callable[[str, TaskOutcome], None] = lambda model, outcome: None
@@ -110,7 +111,7 @@ class WorkerPool:
         ours, theirs = _SPAWN.Pipe()
         process = _SPAWN.Process(
             target=worker.serve,
-            args=(theirs, str(self.model_dir), self.preload, self.cpu_count),
+            args=(theirs, str(self.model_dir), self.preload, self.cpu_count, self.max_pixels),
             name="yoso-worker",
             daemon=True,
         )

@@ -77,6 +77,7 @@ class InferenceService:
             model_dir=self.store.model_dir,
             preload=settings.preload_models,
             cpu_count=available_cores(),
+            max_pixels=settings.max_image_pixels,
         )
         self.pool.on_model_loaded = self._model_loaded
         self.pool.on_task_done = self._task_done
