@@ -70,8 +70,8 @@ async def _detect(request: Request, service: InferenceService, model: str | None
                   annotate: bool, endpoint: str) -> Detected:
     """Upload -> queued header check and inference, dropped if the client leaves or time runs out.
 
-    The worker checks the image header before decoding: a hostile header costs a worker's time, never the
-    event loop's, and an ordinary image crosses no thread on its way.
+    The worker checks the image header before decoding: a header crafted to be slow to parse costs one
+    worker's time, never the event loop's, and the server process does no image work at all.
     """
     settings = service.settings
     if not service.ready:
