@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import LiveServer
+from tests.support import LiveServer, serving
 from yoso.config import load_settings
 from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
@@ -26,11 +26,9 @@ def model_store() -> ModelStore:
 def server(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real server for the whole session: both tiny models preloaded, two workers, a queue deep
     enough that concurrent tests are never shed (shedding has tests of its own)."""
-    live = LiveServer(env={"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "256",
-                           "YOSO_MAX_UPLOADS": "256"})
-    live.start(tmp_path_factory.mktemp("server") / "server.log")
-    yield live
-    live.stop()
+    env = {"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "256",
+           "YOSO_MAX_UPLOADS": "256"}
+    yield from serving(env, tmp_path_factory.mktemp("server"))
 
 
 @pytest.fixture()

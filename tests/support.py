@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from yoso.bench.live_server import ROOT, LiveServer, free_port
 
 __all__ = ["LiveServer", "free_port", "ROOT", "DATA", "EXPECTED_COUNTS", "SAMPLE_IMAGES", "image_bytes",
-           "read_http_response", "raw_http"]
+           "read_http_response", "raw_http", "serving"]
 
 DATA = Path(__file__).parent / "data"
 
@@ -44,6 +45,15 @@ EXPECTED_COUNTS = {
     },
 }
 SAMPLE_IMAGES = sorted(EXPECTED_COUNTS["yolov3-tiny"])
+
+
+def serving(env: dict[str, str], log_dir: Path) -> Iterator[LiveServer]:
+    """The body of a server fixture: `yield from serving(env, tmp_path_factory.mktemp(name))`."""
+    live = LiveServer(env=env).start(log_dir / "server.log")
+    try:
+        yield live
+    finally:
+        live.stop()
 
 
 def inference_workers(server_pid: int) -> list:

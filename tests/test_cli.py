@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.loopback import Reply, ScriptedServer, silent_server
-from tests.support import DATA, EXPECTED_COUNTS, ROOT, SAMPLE_IMAGES, LiveServer, free_port
+from tests.support import DATA, EXPECTED_COUNTS, ROOT, SAMPLE_IMAGES, free_port, serving
 from yosoclient.cli import main
 
 API_KEY = "test-key-5b1d"
@@ -254,10 +254,8 @@ def test_the_api_key_from_option_or_environment_goes_out_as_a_bearer_token():
 @pytest.fixture(scope="module")
 def keyed_server(model_store, tmp_path_factory):
     """A real server that requires an API key (YOSO_API_KEY), one worker, one model."""
-    live = LiveServer(env={"YOSO_API_KEY": API_KEY, "YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny"})
-    live.start(tmp_path_factory.mktemp("keyed") / "server.log")
-    yield live
-    live.stop()
+    env = {"YOSO_API_KEY": API_KEY, "YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny"}
+    yield from serving(env, tmp_path_factory.mktemp("keyed"))
 
 
 def test_a_server_requiring_a_key_answers_a_client_that_sends_it(keyed_server):

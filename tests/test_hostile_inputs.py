@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.support import LiveServer, image_bytes, raw_http, read_http_response
+from tests.support import image_bytes, raw_http, read_http_response, serving
 
 ENDPOINTS = ["/predict", "/count_objects", "/detect"]
 FORMATS = ["JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP"]
@@ -415,11 +415,9 @@ STALLED_UPLOAD = (b"POST /count_objects HTTP/1.1\r\nHost: localhost\r\nContent-L
 @pytest.fixture(scope="module")
 def strict(model_store, tmp_path_factory):
     """One worker, room for two requests in inference, a 2 s request timeout."""
-    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny", "YOSO_MAX_QUEUE": "1",
-                           "YOSO_REQUEST_TIMEOUT_S": "2"})
-    live.start(tmp_path_factory.mktemp("strict") / "server.log")
-    yield live
-    live.stop()
+    env = {"YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny", "YOSO_MAX_QUEUE": "1",
+           "YOSO_REQUEST_TIMEOUT_S": "2"}
+    yield from serving(env, tmp_path_factory.mktemp("strict"))
 
 
 def test_stalled_uploads_neither_hold_inference_capacity_nor_outlive_the_request_timeout(strict):

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import EXPECTED_COUNTS, LiveServer, image_bytes
+from tests.support import EXPECTED_COUNTS, LiveServer, image_bytes, serving
 from yoso.observability.metrics import REQUEST_SECONDS_BUCKETS
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -170,11 +170,9 @@ def test_one_access_line_per_request_with_method_path_status_and_duration(server
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory) -> Iterator[LiveServer]:
     """Room for exactly one request: one worker, no queue, one upload arriving at a time."""
-    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_MAX_QUEUE": "0", "YOSO_MAX_UPLOADS": "1",
-                           "YOSO_PRELOAD_MODELS": "yolov3-tiny"})
-    live.start(tmp_path_factory.mktemp("small") / "server.log")
-    yield live
-    live.stop()
+    env = {"YOSO_WORKERS": "1", "YOSO_MAX_QUEUE": "0", "YOSO_MAX_UPLOADS": "1",
+           "YOSO_PRELOAD_MODELS": "yolov3-tiny"}
+    yield from serving(env, tmp_path_factory.mktemp("small"))
 
 
 def test_in_flight_gauge_counts_requests_being_handled(small_server):

@@ -8,7 +8,7 @@ import secrets
 import httpx
 import pytest
 
-from tests.support import LiveServer, image_bytes, raw_http
+from tests.support import image_bytes, raw_http, serving
 from yoso.api.security import AccessPolicy
 
 KEYS = [f"key-one-{secrets.token_hex(16)}", f"key-two-{secrets.token_hex(16)}"]
@@ -21,14 +21,12 @@ OPEN_PATHS = ["/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/"]
 @pytest.fixture(scope="module")
 def keyed(model_store, tmp_path_factory):
     """A server with two keys, a metrics token and one CORS origin, logging at its most verbose level."""
-    live = LiveServer(env={
+    env = {
         "YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny", "YOSO_LOG_LEVEL": "trace",
         "YOSO_API_KEY": f" {KEYS[0]} , {KEYS[1]} ,{KEY_PUT_IN_A_URL}",
         "YOSO_METRICS_TOKEN": METRICS_TOKEN, "YOSO_CORS_ORIGINS": ORIGIN,
-    })
-    live.start(tmp_path_factory.mktemp("keyed") / "server.log")
-    yield live
-    live.stop()
+    }
+    yield from serving(env, tmp_path_factory.mktemp("keyed"))
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import TINY_MODELS
-from tests.support import LiveServer, image_bytes
+from tests.support import LiveServer, image_bytes, serving
 
 CONCURRENCY = 4
 WARM_UP_REQUESTS = 300
@@ -84,10 +84,8 @@ def footprint(server: LiveServer) -> tuple[int, int, set[int]]:
 @pytest.fixture(scope="module")
 def soak_server(model_store, tmp_path_factory):
     # a queue deep enough for the soak's concurrency: this test is about leaks, not shedding
-    live = LiveServer(env={"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "16"})
-    live.start(tmp_path_factory.mktemp("soak") / "server.log")
-    yield live
-    live.stop()
+    env = {"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "16"}
+    yield from serving(env, tmp_path_factory.mktemp("soak"))
 
 
 def test_thousands_of_requests_leave_memory_descriptors_and_workers_as_they_were(soak_server):

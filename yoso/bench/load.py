@@ -45,9 +45,9 @@ class LoadResult:
         return len(self.shed_latencies_s) / total if total else 0.0
 
     @classmethod
-    def merged(cls, results: list[LoadResult], concurrency: int | None = None, seconds: float | None = None) -> LoadResult:
-        """Several measurements as one: rounds of one phase (seconds add up), or clients of one run (given)."""
-        whole = cls(concurrency or results[0].concurrency, seconds or sum(r.seconds for r in results))
+    def merged(cls, results: list[LoadResult]) -> LoadResult:
+        """Several measurements of the same phase, as one."""
+        whole = cls(results[0].concurrency, sum(r.seconds for r in results))
         for result in results:
             whole.ok_latencies_s += result.ok_latencies_s
             whole.shed_latencies_s += result.shed_latencies_s
@@ -94,11 +94,16 @@ def run_load(host: str, port: int, path: str, images: list[Path], concurrency: i
         for client in clients:
             client.stdin.write(window + "\n")
             client.stdin.flush()
-        results = [_result(json.loads(client.stdout.readline()), concurrency, seconds) for client in clients]
+        result = LoadResult(concurrency, seconds)
+        for client in clients:
+            figures = json.loads(client.stdout.readline())
+            result.ok_latencies_s += figures["ok"]
+            result.shed_latencies_s += figures["shed"]
+            result.error_statuses.update({int(status): n for status, n in figures["errors"].items()})
     finally:
         for client in clients:
             _reap(client)
-    return LoadResult.merged(results, concurrency, seconds)
+    return result
 
 
 def _reap(client: subprocess.Popen) -> None:
@@ -108,11 +113,6 @@ def _reap(client: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         client.kill()
         client.wait()
-
-
-def _result(figures: dict, concurrency: int, seconds: float) -> LoadResult:
-    return LoadResult(concurrency, seconds, figures["ok"], figures["shed"],
-                      Counter({int(status): n for status, n in figures["errors"].items()}))
 
 
 def _client(job: dict, bodies: list[tuple[bytes, str]], index: int, measure_from: float, stop_at: float) -> dict:
