@@ -1,15 +1,19 @@
-"""Test helpers: a real yoso server process on a free loopback port, and the sample images."""
+"""Test helpers: a real yoso server process on a free loopback port, the sample images, /metrics read back."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from yoso.bench.live_server import ROOT, LiveServer, free_port
 
 __all__ = ["LiveServer", "free_port", "ROOT", "DATA", "EXPECTED_COUNTS", "SAMPLE_IMAGES", "image_bytes",
-           "read_http_response", "raw_http", "serving"]
+           "read_http_response", "raw_http", "serving", "Samples", "scrape", "value", "eventually"]
 
 DATA = Path(__file__).parent / "data"
 
@@ -85,3 +89,30 @@ def raw_http(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
         connection.sendall(request)
         return read_http_response(connection)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(http: httpx.Client) -> Samples:
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

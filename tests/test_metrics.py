@@ -6,35 +6,15 @@ Counters are compared before and after a request, so the tests hold whatever tra
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import EXPECTED_COUNTS, LiveServer, image_bytes, serving
+from tests.support import EXPECTED_COUNTS, LiveServer, Samples, eventually, image_bytes, scrape, serving, value
 from yoso.observability.metrics import REQUEST_SECONDS_BUCKETS
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(http: httpx.Client) -> Samples:
-    response = http.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
 
 def increase(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
@@ -42,15 +22,6 @@ def increase(before: Samples, after: Samples, name: str, **labels: str) -> float
 
 def upload(name: str) -> dict:
     return {"file": (name, image_bytes(name), "image/jpeg")}
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.support import EXPECTED_COUNTS, LiveServer, image_bytes, inference_workers
+from tests.support import EXPECTED_COUNTS, LiveServer, eventually, image_bytes, inference_workers, scrape, value
 
 IMAGE = "dog_person_horse.jpg"
 EXPECTED = {"items": EXPECTED_COUNTS["yolov3-tiny"][IMAGE]}
@@ -90,26 +90,33 @@ def test_slow_uploads_hold_upload_places_not_inference_capacity(start):
 
 
 def test_a_request_whose_client_left_is_dropped_before_inference(start):
-    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_LOG_LEVEL="debug")
-    body = image_bytes(IMAGE)
+    """The leaver asks for the other model, so that /metrics shows when it is queued behind the burst."""
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_PRELOAD_MODELS="yolov3-tiny,yolov4-tiny")
+    leaver = "yolov4-tiny"
+    request = httpx.Request("POST", live.url + f"/count_objects?model={leaver}",
+                            files={"file": (IMAGE, image_bytes(IMAGE))})
+    payload = b"".join(request.stream)
+    head = f"POST /count_objects?model={leaver} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n"
+    head += f"Content-Type: {request.headers['content-type']}\r\n\r\n"
+    metrics = httpx.Client(base_url=live.url, timeout=10)
 
     async def scenario() -> list[httpx.Response]:
-        busy = asyncio.ensure_future(burst(live.url, 6))  # keeps the only worker busy for a while
-        await asyncio.sleep(0.05)
-        request = httpx.Request("POST", live.url + "/count_objects", files={"file": (IMAGE, body)})
-        payload = b"".join(request.stream)
-        head = f"POST /count_objects HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n"
-        head += f"Content-Type: {request.headers['content-type']}\r\n\r\n"
-        with socket.create_connection(("127.0.0.1", live.port)) as quitter:
-            quitter.sendall(head.encode() + payload)
-            await asyncio.sleep(0.05)  # the server has read it and queued it behind the burst
+        busy = asyncio.ensure_future(burst(live.url, 24))  # keeps the only worker busy for a while
+        started = await asyncio.to_thread(
+            eventually, lambda: value(scrape(metrics), "yoso_requests_waiting", model="yolov3-tiny") > 1)
+        assert started, "the burst never queued"
+        with socket.create_connection(("127.0.0.1", live.port)) as connection:
+            connection.sendall(head.encode() + payload)
+            queued = await asyncio.to_thread(
+                eventually, lambda: value(scrape(metrics), "yoso_requests_waiting", model=leaver) == 1)
+            assert queued, "the leaver's request never waited behind the burst"
         return await busy
 
     assert all(r.json() == EXPECTED for r in asyncio.run(scenario()))
-    deadline = time.monotonic() + 10
-    while "dropped 1 request(s)" not in live.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "dropped 1 request(s) whose caller stopped waiting before inference" in live.log()
+    assert eventually(lambda: value(scrape(metrics), "yoso_requests_abandoned_total") == 1)
+    samples = scrape(metrics)
+    assert value(samples, "yoso_requests_waiting", model=leaver) == 0
+    assert value(samples, "yoso_images_processed_total", model=leaver, endpoint="/count_objects") == 0
 
 
 def test_sigterm_drains_every_accepted_request_then_exits_0(start):
@@ -177,6 +184,13 @@ def test_workers_compute_at_idle_priority_so_the_server_process_always_runs_firs
     assert len(workers) == 2
     assert os.sched_getscheduler(server.process.pid) == os.SCHED_OTHER
     assert all(os.sched_getscheduler(worker.pid) == os.SCHED_IDLE for worker in workers)
+
+
+def test_on_a_shared_host_workers_can_run_at_normal_priority(start):
+    live = start(YOSO_WORKERS="1", YOSO_WORKER_PRIORITY="normal")
+    [worker] = inference_workers(live.process.pid)
+    assert os.sched_getscheduler(worker.pid) == os.SCHED_OTHER and worker.nice() == 0
+    assert httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}).json() == EXPECTED
 
 
 def test_replacements_that_cannot_start_back_off_and_the_server_is_not_ready_meanwhile(model_store, tmp_path):

@@ -57,7 +57,8 @@ def test_the_environment_wins_over_dotenv(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("name, value", [("YOSO_PORT", "abc"), ("YOSO_PORT", "70000"), ("YOSO_WORKERS", "0"),
-                                         ("YOSO_LOG_LEVEL", "loud"), ("YOSO_OTEL_INSTRUMENT_EXPORTER", "jaeger")])
+                                         ("YOSO_LOG_LEVEL", "loud"), ("YOSO_OTEL_INSTRUMENT_EXPORTER", "jaeger"),
+                                         ("YOSO_WORKER_PRIORITY", "high")])
 def test_a_bad_value_raises_one_line_naming_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as raised:
@@ -72,6 +73,12 @@ def test_queue_limit_defaults_to_half_the_workers_and_at_least_one():
     assert Settings(workers=2).queue_limit == 1
     assert Settings(workers=8).queue_limit == 4
     assert Settings(workers=3, max_queue=0).queue_limit == 0
+
+
+def test_with_batching_the_default_queue_holds_a_full_batch_per_waiting_place():
+    assert Settings(workers=2, max_batch_size=4).queue_limit == 4
+    assert Settings(workers=8, max_batch_size=4).queue_limit == 16
+    assert Settings(workers=2, max_batch_size=4, max_queue=3).queue_limit == 3
 
 
 def test_a_bad_value_stops_the_server_with_one_line_and_no_traceback():

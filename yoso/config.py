@@ -21,6 +21,11 @@ class LogFormat(str, Enum):
     json = "json"
 
 
+class WorkerPriority(str, Enum):
+    idle = "idle"
+    normal = "normal"
+
+
 class TraceExporter(str, Enum):
     console = "console"
     zipkin = "zipkin"
@@ -77,7 +82,14 @@ class Settings(BaseSettings):
         0.0, ge=0, le=1000, description="How long a request may wait for others to fill its batch."
     )
     max_queue: int | None = Field(
-        None, ge=0, description="Requests allowed to wait for a worker; past it, 503 at once (default: half the workers, at least 1)."
+        None, ge=0,
+        description="Requests allowed to wait for a worker; past it, 503 at once "
+                    "(default: half the workers, at least 1, times YOSO_MAX_BATCH_SIZE).",
+    )
+    worker_priority: WorkerPriority = Field(
+        WorkerPriority.idle,
+        description="idle: workers compute with CPU time no other process wants, so the server process always "
+                    "runs first; normal: they compete like any process (on a host shared with busy processes).",
     )
     max_uploads: int = Field(
         32, ge=1, description="Uploads being received at once; past it, 503 (memory: x YOSO_MAX_UPLOAD_MB)."
@@ -140,9 +152,9 @@ class Settings(BaseSettings):
 
     @property
     def queue_limit(self) -> int:
-        """Enough waiting requests to keep every worker fed while the next ones are on their way; a longer
-        queue only makes accepted requests wait longer (see the benchmark in the README)."""
-        return max(1, self.workers // 2) if self.max_queue is None else self.max_queue
+        """Enough waiting requests to keep every worker fed (with a full batch) while the next ones are on
+        their way; a longer queue only makes accepted requests wait longer (see the benchmark in the README)."""
+        return max(1, self.workers // 2) * self.max_batch_size if self.max_queue is None else self.max_queue
 
 
 class SettingsError(SystemExit):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from yoso.config import METRICS_PATH
 from yoso.model.zoo import ZOO
 from yoso.serving.pool import WorkerPool
+from yoso.serving.scheduler import Scheduler
 from yoso.serving.service import InferenceService
 from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
 
@@ -124,6 +125,23 @@ class LoadedModels(Collector):
         yield gauge
 
 
+class QueuedRequests(Collector):
+    """The scheduler's queue, read at scrape time: how many wait for a worker, and how many were given up."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterable[Metric]:
+        waiting = GaugeMetricFamily("yoso_requests_waiting",
+                                    "Admitted requests waiting for a free worker, by model.", labels=["model"])
+        for model in ZOO:
+            waiting.add_metric([model], self.scheduler.waiting_for(model))
+        yield waiting
+        yield CounterMetricFamily("yoso_requests_abandoned",
+                                  "Queued requests dropped before inference: their caller left or timed out.",
+                                  value=self.scheduler.abandoned)
+
+
 class InFlightMiddleware:
     """Counts the HTTP requests being handled, the quiet paths (/metrics) excluded."""
 
@@ -150,6 +168,7 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     registry.register(LoadedModels(service.pool))
+    registry.register(QueuedRequests(service.scheduler))
     metrics = InferenceMetrics(registry)
     service.observers.append(MetricsObserver(metrics))
 

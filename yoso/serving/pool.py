@@ -47,12 +47,14 @@ class _Worker:
 
 
 class WorkerPool:
-    def __init__(self, size: int, model_dir: Path, preload: list[str], cpu_count: int, max_pixels: int) -> None:
+    def __init__(self, size: int, model_dir: Path, preload: list[str], cpu_count: int, max_pixels: int,
+                 idle_priority: bool = True) -> None:
         self.size = size
         self.model_dir = model_dir
         self.preload = list(preload)
         self.cpu_count = cpu_count
         self.max_pixels = max_pixels
+        self.idle_priority = idle_priority
         self.on_idle: Callable[[], None] = lambda: None
         self.on_model_loaded: Callable[[str, float], None] = lambda name, seconds: None
         self.on_task_done: Callable[[str, TaskOutcome], None] = lambda model, outcome: None
@@ -111,7 +113,7 @@ class WorkerPool:
         ours, theirs = _SPAWN.Pipe()
         process = _SPAWN.Process(
             target=worker.serve,
-            args=(theirs, str(self.model_dir), self.preload, self.cpu_count, self.max_pixels),
+            args=(theirs, str(self.model_dir), self.preload, self.cpu_count, self.max_pixels, self.idle_priority),
             name="yoso-worker",
             daemon=True,
         )

@@ -52,6 +52,9 @@ class Scheduler:
     def waiting(self) -> int:
         return sum(1 for job in self._queue if not job.future.done())
 
+    def waiting_for(self, model: str) -> int:
+        return sum(1 for job in self._queue if job.model == model and not job.future.done())
+
     @property
     def capacity(self) -> int:
         """Requests the server can hold at once: one batch per worker plus the queue."""

@@ -14,7 +14,7 @@ import signal
 from dataclasses import dataclass
 from typing import Protocol
 
-from yoso.config import Settings
+from yoso.config import Settings, WorkerPriority
 from yoso.cores import available_cores
 from yoso.model.detector import read_labels
 from yoso.model.store import ModelStore
@@ -78,6 +78,7 @@ class InferenceService:
             preload=settings.preload_models,
             cpu_count=available_cores(),
             max_pixels=settings.max_image_pixels,
+            idle_priority=settings.worker_priority is WorkerPriority.idle,
         )
         self.pool.on_model_loaded = self._model_loaded
         self.pool.on_task_done = self._task_done

@@ -23,6 +23,7 @@ from yoso.serving.tasks import ImageOutcome, Task, TaskOutcome, WorkerFailed, Wo
 # Workers keep every core busy under load, and must never delay the server process, which accepts, sheds
 # (503 in well under 5 ms) and answers meanwhile. Under SCHED_IDLE (Linux) any waking ordinary process takes
 # a worker's core at once; at nice 10 it waited for the worker's time slice to end, up to a 4 ms tick.
+# YOSO_WORKER_PRIORITY=normal leaves workers at normal priority, for hosts shared with other busy processes.
 WORKER_NICENESS = 10  # where SCHED_IDLE does not exist
 
 
@@ -96,10 +97,12 @@ def _yield_to_the_server() -> None:
         os.nice(WORKER_NICENESS)
 
 
-def serve(connection: Connection, model_dir: str, preload: list[str], threads: int, max_pixels: int) -> None:
+def serve(connection: Connection, model_dir: str, preload: list[str], threads: int, max_pixels: int,
+          idle_priority: bool) -> None:
     """Entry point of a worker process: load, report ready, then answer tasks until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
-    _yield_to_the_server()
+    if idle_priority:
+        _yield_to_the_server()
     cv2.setNumThreads(threads)
     models = ModelCache(ModelStore(Path(model_dir)))
     try:
