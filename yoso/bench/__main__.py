@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import operator
 import os
 import platform
@@ -60,6 +61,17 @@ def _row(label: str, result: LoadResult) -> dict:
                f"p99 {row['p99_ms']:6.1f} ms  shed {row['shed_share']:5.1%}  errors {row['errors']}"
                + (f" {row['error_statuses']}" if row["errors"] else ""))
     return row
+
+
+def _standard_json(value: object) -> object:
+    """NaN (a quantile of no requests, e.g. no request shed) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _standard_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_standard_json(item) for item in value]
+    return value
 
 
 def _load(live: LiveServer, images: list[Path], concurrency: int, seconds: float) -> LoadResult:
@@ -165,7 +177,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path) ->
         "targets": [asdict(check) | {"met": check.met} for check in checks],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(json.dumps(_standard_json(report), indent=2, allow_nan=False))
     click.echo(f"figures written to {out}")
 
 
