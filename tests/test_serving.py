@@ -100,21 +100,22 @@ def test_a_request_whose_client_left_is_dropped_before_inference(start):
     head += f"Content-Type: {request.headers['content-type']}\r\n\r\n"
     metrics = httpx.Client(base_url=live.url, timeout=10)
 
+    def waiting(model: str) -> float:
+        return value(scrape(metrics), "yoso_requests_waiting", model=model)
+
     async def scenario() -> list[httpx.Response]:
         busy = asyncio.ensure_future(burst(live.url, 24))  # keeps the only worker busy for a while
-        started = await asyncio.to_thread(
-            eventually, lambda: value(scrape(metrics), "yoso_requests_waiting", model="yolov3-tiny") > 1)
-        assert started, "the burst never queued"
+        assert await asyncio.to_thread(eventually, lambda: waiting("yolov3-tiny") > 1), "the burst never queued"
         with socket.create_connection(("127.0.0.1", live.port)) as connection:
             connection.sendall(head.encode() + payload)
-            queued = await asyncio.to_thread(
-                eventually, lambda: value(scrape(metrics), "yoso_requests_waiting", model=leaver) == 1)
+            queued = await asyncio.to_thread(eventually, lambda: waiting(leaver) == 1)
             assert queued, "the leaver's request never waited behind the burst"
         return await busy
 
-    assert all(r.json() == EXPECTED for r in asyncio.run(scenario()))
-    assert eventually(lambda: value(scrape(metrics), "yoso_requests_abandoned_total") == 1)
-    samples = scrape(metrics)
+    with metrics:
+        assert all(r.json() == EXPECTED for r in asyncio.run(scenario()))
+        assert eventually(lambda: value(scrape(metrics), "yoso_requests_abandoned_total") == 1)
+        samples = scrape(metrics)
     assert value(samples, "yoso_requests_waiting", model=leaver) == 0
     assert value(samples, "yoso_images_processed_total", model=leaver, endpoint="/count_objects") == 0
 

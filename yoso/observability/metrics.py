@@ -9,7 +9,7 @@ one process: inference worker processes only send results back, and everything i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -111,35 +111,31 @@ class MetricsObserver:
         self.metrics.requests_shed.inc()
 
 
-class LoadedModels(Collector):
-    """yoso_model_loaded_workers, read from the pool at scrape time: it drops when a worker dies."""
+class ServingState(Collector):
+    """What the pool and the scheduler hold, read at scrape time: loaded models (the count drops when a worker
+    dies), requests waiting for a worker, and queued requests given up before inference."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, scheduler: Scheduler) -> None:
         self.pool = pool
-
-    def collect(self) -> Iterable[Metric]:
-        gauge = GaugeMetricFamily("yoso_model_loaded_workers",
-                                  "Worker processes holding the model in memory (0: not loaded).", labels=["model"])
-        for model in ZOO:
-            gauge.add_metric([model], self.pool.workers_with(model))
-        yield gauge
-
-
-class QueuedRequests(Collector):
-    """The scheduler's queue, read at scrape time: how many wait for a worker, and how many were given up."""
-
-    def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
 
     def collect(self) -> Iterable[Metric]:
-        waiting = GaugeMetricFamily("yoso_requests_waiting",
-                                    "Admitted requests waiting for a free worker, by model.", labels=["model"])
-        for model in ZOO:
-            waiting.add_metric([model], self.scheduler.waiting_for(model))
-        yield waiting
+        waiting = self.scheduler.waiting_by_model()
+        yield _per_model_gauge("yoso_model_loaded_workers",
+                               "Worker processes holding the model in memory (0: not loaded).", self.pool.workers_with)
+        yield _per_model_gauge("yoso_requests_waiting",
+                               "Admitted requests waiting for a free worker, by model.", waiting.__getitem__)
         yield CounterMetricFamily("yoso_requests_abandoned",
                                   "Queued requests dropped before inference: their caller left or timed out.",
                                   value=self.scheduler.abandoned)
+
+
+def _per_model_gauge(name: str, documentation: str, value_of: Callable[[str], float]) -> GaugeMetricFamily:
+    """One sample for every model of the zoo, zero included, so that a model never vanishes from a graph."""
+    gauge = GaugeMetricFamily(name, documentation, labels=["model"])
+    for model in ZOO:
+        gauge.add_metric([model], value_of(model))
+    return gauge
 
 
 class InFlightMiddleware:
@@ -167,8 +163,7 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
-    registry.register(LoadedModels(service.pool))
-    registry.register(QueuedRequests(service.scheduler))
+    registry.register(ServingState(service.pool, service.scheduler))
     metrics = InferenceMetrics(registry)
     service.observers.append(MetricsObserver(metrics))
 

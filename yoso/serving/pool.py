@@ -48,7 +48,7 @@ class _Worker:
 
 class WorkerPool:
     def __init__(self, size: int, model_dir: Path, preload: list[str], cpu_count: int, max_pixels: int,
-                 idle_priority: bool = True) -> None:
+                 idle_priority: bool) -> None:
         self.size = size
         self.model_dir = model_dir
         self.preload = list(preload)

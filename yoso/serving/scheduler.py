@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from yoso.serving.pool import WorkerPool
@@ -52,8 +52,8 @@ class Scheduler:
     def waiting(self) -> int:
         return sum(1 for job in self._queue if not job.future.done())
 
-    def waiting_for(self, model: str) -> int:
-        return sum(1 for job in self._queue if job.model == model and not job.future.done())
+    def waiting_by_model(self) -> Counter[str]:
+        return Counter(job.model for job in self._queue if not job.future.done())
 
     @property
     def capacity(self) -> int:
