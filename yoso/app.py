@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from yoso import __version__
 from yoso.api.admission import AdmissionMiddleware
 from yoso.api.errors import install_error_handlers
+from yoso.api.head import RequestHeadLimit
 from yoso.api.routes import router
 from yoso.api.security import install_security
 from yoso.config import Settings, load_settings
@@ -41,5 +42,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.add_middleware(AdmissionMiddleware, service=service, max_uploads=settings.max_uploads)
     install_security(app, settings)  # outside admission: refuses unauthenticated requests before they are admitted
+    app.add_middleware(RequestHeadLimit)  # outside the key check: an oversized head is refused whoever sends it
     install_observability(app, settings, service)  # last: logs and counts refused requests too
     return app
