@@ -61,11 +61,17 @@ def serving(env: dict[str, str], log_dir: Path) -> Iterator[LiveServer]:
 
 
 def inference_workers(server_pid: int) -> list:
-    """The server's inference worker processes (not multiprocessing's resource tracker)."""
+    """The server's live inference worker processes (not multiprocessing's resource tracker, nor a worker that
+    has died and is not reaped yet: a zombie has no command line)."""
     import psutil
 
-    children = psutil.Process(server_pid).children()
-    return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+    def is_worker(child: psutil.Process) -> bool:
+        try:
+            return "spawn_main" in " ".join(child.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            return False
+
+    return [child for child in psutil.Process(server_pid).children() if is_worker(child)]
 
 
 def image_bytes(name: str) -> bytes:
