@@ -36,9 +36,12 @@ def call(scope: dict) -> tuple[list[dict], bool]:
     return sent, bool(ran)
 
 
-def test_the_head_size_is_counted_as_sent():
-    scope = http_scope(b"model=yolov4-tiny", [(b"host", b"localhost"), (b"x-a", b"b")])
-    sent = b"POST /count_objects?model=yolov4-tiny HTTP/1.1\r\nhost: localhost\r\nx-a: b\r\n\r\n"
+@pytest.mark.parametrize(("scope", "sent"), [
+    (http_scope(b"model=yolov4-tiny", [(b"host", b"localhost"), (b"x-a", b"b")]),
+     b"POST /count_objects?model=yolov4-tiny HTTP/1.1\r\nhost: localhost\r\nx-a: b\r\n\r\n"),
+    (http_scope(), b"POST /count_objects HTTP/1.1\r\nhost: localhost\r\n\r\n"),
+], ids=["with-query", "without-query"])
+def test_the_head_size_is_counted_as_sent(scope, sent):
     assert request_head_bytes(scope) == len(sent)
 
 
@@ -62,7 +65,3 @@ def test_a_head_over_the_limit_is_refused_with_json(scope, status):
 def test_other_connection_types_pass_untouched():
     sent, ran = call({"type": "lifespan"})
     assert ran and sent == []
-
-
-def test_a_head_without_a_query_is_counted_as_sent():
-    assert request_head_bytes(http_scope()) == len(b"POST /count_objects HTTP/1.1\r\nhost: localhost\r\n\r\n")

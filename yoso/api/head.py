@@ -30,16 +30,15 @@ def request_head_bytes(scope: Scope) -> int:
 
 
 class RequestHeadLimit:
-    def __init__(self, app: ASGIApp, limit_bytes: int = REQUEST_HEAD_LIMIT_BYTES) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.limit_bytes = limit_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or request_head_bytes(scope) <= self.limit_bytes:
+        if scope["type"] != "http" or request_head_bytes(scope) <= REQUEST_HEAD_LIMIT_BYTES:
             await self.app(scope, receive, send)
             return
-        if request_target_bytes(scope) > self.limit_bytes:
-            response = error_response(414, f"The request target is longer than {self.limit_bytes} bytes.")
+        if request_target_bytes(scope) > REQUEST_HEAD_LIMIT_BYTES:
+            response = error_response(414, f"The request target is longer than {REQUEST_HEAD_LIMIT_BYTES} bytes.")
         else:
-            response = error_response(431, f"The request head is larger than {self.limit_bytes} bytes.")
+            response = error_response(431, f"The request head is larger than {REQUEST_HEAD_LIMIT_BYTES} bytes.")
         await response(scope, receive, send)
