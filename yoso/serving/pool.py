@@ -2,8 +2,8 @@
 
 The pool starts the workers, waits until each has loaded and warmed its models, runs one task at a time on
 an idle worker, and replaces a worker that dies, answering its task with an error instead of losing it.
-Each worker's pipe is served by two threads, a writer and a reader, so that neither a large upload nor a
-large result ever blocks the event loop, whatever that loop does to file descriptors.
+Each worker's socket is read and written by the event loop itself (yoso.serving.wire): a task reaches its
+worker and an outcome reaches its caller without a thread handing it over.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import queue
-import threading
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from yoso.serving import worker
+from yoso.serving import wire, worker
 from yoso.serving.tasks import Task, TaskOutcome, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
@@ -38,9 +36,10 @@ class PoolStartError(RuntimeError):
 @dataclass(eq=False)
 class _Worker:
     process: BaseProcess
-    connection: Connection
     ready: asyncio.Future[WorkerReady]
-    outbox: queue.SimpleQueue[Task | None] = field(default_factory=queue.SimpleQueue)
+    socket: socket.socket
+    writer: asyncio.StreamWriter | None = None  # set once the loop has opened the socket
+    listener: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference to a task
     task: asyncio.Future[TaskOutcome] | None = None
     task_model: str = ""
     models: set[str] = field(default_factory=set)
@@ -93,24 +92,24 @@ class WorkerPool:
         chosen = self._idle.pop()
         chosen.task = asyncio.get_running_loop().create_future()
         chosen.task_model = task.model
-        chosen.outbox.put(task)
+        chosen.writer.write(wire.encode(task))  # the transport sends what the socket cannot take yet
         return chosen.task
 
     async def stop(self) -> None:
-        """Ask every worker to exit (its reader thread ends with its pipe), then reap it."""
+        """Close every worker's socket (a worker exits when it reads the end), then reap it."""
         self._closing = True
-        for w in self._workers:
-            w.outbox.put(None)
-        for w in self._workers:
+        stopping = list(self._workers)  # each worker leaves self._workers as its socket closes
+        for w in stopping:
+            _close(w)
+        for w in stopping:
             await asyncio.to_thread(w.process.join, 5)
             if w.process.is_alive():
                 w.process.kill()
-            w.connection.close()
         self._workers.clear()
 
     def _spawn(self) -> _Worker:
         loop = asyncio.get_running_loop()
-        ours, theirs = _SPAWN.Pipe()
+        ours, theirs = socket.socketpair()
         process = _SPAWN.Process(
             target=worker.serve,
             args=(theirs, str(self.model_dir), self.preload, self.cpu_count, self.max_pixels, self.idle_priority),
@@ -119,33 +118,23 @@ class WorkerPool:
         )
         process.start()
         theirs.close()
-        w = _Worker(process, ours, loop.create_future())
+        w = _Worker(process, loop.create_future(), ours)
         self._workers.append(w)
-        threading.Thread(target=self._write, args=(w,), name="yoso-worker-writer", daemon=True).start()
-        threading.Thread(target=self._read, args=(w, loop), name="yoso-worker-reader", daemon=True).start()
+        w.listener = loop.create_task(self._listen(w), name=f"yoso-worker-{process.pid}")
         return w
 
-    @staticmethod
-    def _write(w: _Worker) -> None:
-        """Writer thread of one worker: tasks in order, until the stop sentinel or a broken pipe."""
-        while True:
-            item = w.outbox.get()
-            try:
-                w.connection.send(item)
-            except OSError:
-                return  # the reader sees the pipe close and reports the worker gone
-            if item is None:
-                return
-
-    def _read(self, w: _Worker, loop: asyncio.AbstractEventLoop) -> None:
-        """Reader thread of one worker: whole messages, handed to the event loop."""
-        while True:
-            try:
-                message = w.connection.recv()
-            except (EOFError, OSError):
-                _call_soon(loop, self._on_exit, w)
-                return
-            _call_soon(loop, self._on_message, w, message)
+    async def _listen(self, w: _Worker) -> None:
+        """Every message of one worker, in order, until its socket closes; then the worker is gone."""
+        try:
+            reader, w.writer = await asyncio.open_unix_connection(sock=w.socket)
+            while True:
+                self._on_message(w, await wire.read(reader))
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        except Exception:  # a message that cannot be read or handled: the worker's state is unknown
+            log.exception("inference worker %s sent a message that failed; replacing the worker", w.process.pid)
+            w.process.kill()
+        self._on_exit(w)
 
     def _on_message(self, w: _Worker, message: object) -> None:
         if w not in self._workers:
@@ -178,12 +167,11 @@ class WorkerPool:
         """A worker died: answer its task, forget it, and start a replacement."""
         if w not in self._workers:
             return
-        w.connection.close()
+        _close(w)
         if w in self._idle:
             self._idle.remove(w)
         if w in self._workers:
             self._workers.remove(w)
-        w.outbox.put(None)
         how = "" if w.process.exitcode is None else f" (exit code {w.process.exitcode})"
         if not w.ready.done():
             w.ready.set_exception(PoolStartError(f"a worker exited during start-up{how}"))
@@ -209,8 +197,8 @@ def _log_failed_start(ready: asyncio.Future[WorkerReady]) -> None:
         log.error("a replacement worker failed to start: %s", ready.exception())
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:  # the loop has closed: the server is gone, nobody is waiting
-        pass
+def _close(w: _Worker) -> None:
+    if w.writer is not None:
+        w.writer.close()
+    else:
+        w.socket.close()

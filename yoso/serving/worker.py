@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import cv2
@@ -18,6 +18,7 @@ from yoso import imaging
 from yoso.model.detector import DetectionModel
 from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
+from yoso.serving import wire
 from yoso.serving.tasks import ImageOutcome, Task, TaskOutcome, WorkerFailed, WorkerReady
 
 # Workers keep every core busy under load, and must never delay the server process, which accepts, sheds
@@ -97,9 +98,9 @@ def _yield_to_the_server() -> None:
         os.nice(WORKER_NICENESS)
 
 
-def serve(connection: Connection, model_dir: str, preload: list[str], threads: int, max_pixels: int,
+def serve(server: socket.socket, model_dir: str, preload: list[str], threads: int, max_pixels: int,
           idle_priority: bool) -> None:
-    """Entry point of a worker process: load, report ready, then answer tasks until the pipe closes."""
+    """Entry point of a worker process: load, report ready, then answer tasks until the server closes the socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
     if idle_priority:
         _yield_to_the_server()
@@ -108,21 +109,19 @@ def serve(connection: Connection, model_dir: str, preload: list[str], threads: i
     try:
         loaded = {name: models.load(name) for name in preload}
     except Exception as error:  # noqa: BLE001 - reported to the server, which refuses to start
-        connection.send(WorkerFailed(f"{type(error).__name__}: {error}"))
+        wire.send(server, WorkerFailed(f"{type(error).__name__}: {error}"))
         return
-    connection.send(WorkerReady(os.getpid(), loaded))
+    wire.send(server, WorkerReady(os.getpid(), loaded))
     worker = Worker(models, max_pixels)
     while True:
         try:
-            task: Task | None = connection.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:  # the server is stopping
+            task: Task = wire.receive(server)
+        except (EOFError, OSError):  # the server is stopping, or gone
             return
         try:
             outcome = worker.run(task)
         except Exception as error:  # noqa: BLE001 - a failed task is answered, the worker lives on
             message = f"inference failed: {type(error).__name__}: {error}"
             outcome = TaskOutcome([ImageOutcome(error=(500, message)) for _ in task.images])
-        connection.send(outcome)
+        wire.send(server, outcome)
 
