@@ -164,7 +164,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path) ->
         Target("overload: p99 of a shed request (ms)", overload_row["shed_p99_ms"], "<", 5),
     ]
     for check in checks:
-        click.echo(f"  {'met' if check.met else 'MISSED':6s} {check.name}: {check.value:.2f} {check.op} {check.bound:g}")
+        click.echo(f"  {'met' if check.met else 'MISSED':6s} {check.name}: {check.value:.3f} {check.op} {check.bound:g}")
 
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
