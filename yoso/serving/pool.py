@@ -96,11 +96,17 @@ class WorkerPool:
         return chosen.task
 
     async def stop(self) -> None:
-        """Close every worker's socket (a worker exits when it reads the end), then reap it."""
+        """End every worker's stream of tasks (a worker exits when it reads the end), then reap it.
+
+        Only the server's direction is shut: a task still running is answered before its worker exits.
+        """
         self._closing = True
         stopping = list(self._workers)  # each worker leaves self._workers as its socket closes
         for w in stopping:
-            _close(w)
+            if w.writer is not None and not w.writer.is_closing():
+                w.writer.write_eof()
+            else:
+                _close(w)
         for w in stopping:
             await asyncio.to_thread(w.process.join, 5)
             if w.process.is_alive():

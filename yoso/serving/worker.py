@@ -105,7 +105,13 @@ def serve(server: socket.socket, model_dir: str, preload: list[str], threads: in
     if idle_priority:
         _yield_to_the_server()
     cv2.setNumThreads(threads)
-    models = ModelCache(ModelStore(Path(model_dir)))
+    try:
+        _load_then_answer(server, ModelCache(ModelStore(Path(model_dir))), preload, max_pixels)
+    except (EOFError, OSError):  # the server has finished with this worker, or is gone
+        return
+
+
+def _load_then_answer(server: socket.socket, models: ModelCache, preload: list[str], max_pixels: int) -> None:
     try:
         loaded = {name: models.load(name) for name in preload}
     except Exception as error:  # noqa: BLE001 - reported to the server, which refuses to start
@@ -114,10 +120,7 @@ def serve(server: socket.socket, model_dir: str, preload: list[str], threads: in
     wire.send(server, WorkerReady(os.getpid(), loaded))
     worker = Worker(models, max_pixels)
     while True:
-        try:
-            task: Task = wire.receive(server)
-        except (EOFError, OSError):  # the server is stopping, or gone
-            return
+        task: Task = wire.receive(server)
         try:
             outcome = worker.run(task)
         except Exception as error:  # noqa: BLE001 - a failed task is answered, the worker lives on
