@@ -176,8 +176,7 @@ class WorkerPool:
         _close(w)
         if w in self._idle:
             self._idle.remove(w)
-        if w in self._workers:
-            self._workers.remove(w)
+        self._workers.remove(w)
         how = "" if w.process.exitcode is None else f" (exit code {w.process.exitcode})"
         if not w.ready.done():
             w.ready.set_exception(PoolStartError(f"a worker exited during start-up{how}"))
