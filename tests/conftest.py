@@ -24,10 +24,10 @@ def model_store() -> ModelStore:
 
 @pytest.fixture(scope="session")
 def server(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One real server for the whole session: both tiny models preloaded, two workers, a queue deep
-    enough that concurrent tests are never shed (shedding has tests of its own)."""
+    """One real server for the whole session: both tiny models preloaded, two workers, a queue deep and
+    patient enough that concurrent tests are never shed (shedding has tests of its own)."""
     env = {"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "256",
-           "YOSO_MAX_UPLOADS": "256"}
+           "YOSO_MAX_QUEUE_WAIT_MS": "60000", "YOSO_MAX_UPLOADS": "256"}
     yield from serving(env, tmp_path_factory.mktemp("server"))
 
 

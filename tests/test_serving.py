@@ -39,7 +39,7 @@ async def burst(url: str, count: int, path: str = "/count_objects") -> list[http
 
 
 def test_past_capacity_requests_are_shed_at_once_with_503_and_retry_after(start):
-    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="1")
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="1", YOSO_MAX_QUEUE_WAIT_MS="60000")
     responses = asyncio.run(burst(live.url, 12))
     statuses = [r.status_code for r in responses]
     assert set(statuses) == {200, 503}, statuses
@@ -60,8 +60,18 @@ def test_with_no_queue_only_the_running_request_is_admitted(start):
     assert httpx.post(live.url + "/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))}).json() == EXPECTED
 
 
+def test_a_request_queues_only_behind_a_task_expected_to_end_soon(start):
+    """With room in the queue for four, a burst that reaches a worker at the start of its task is still shed:
+    the default wait bound lets a request queue only behind a task past half its expected time."""
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="4")
+    assert [r.status_code for r in asyncio.run(burst(live.url, 1))] == [200]  # how long a task takes is now known
+    statuses = [r.status_code for r in asyncio.run(burst(live.url, 6))]
+    assert set(statuses) == {200, 503}, statuses
+    assert statuses.count(200) < 5, statuses  # the running request and four queued would be the count bound's
+
+
 def test_a_request_over_the_time_limit_gets_504(start):
-    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_REQUEST_TIMEOUT_S="0.2")
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_MAX_QUEUE_WAIT_MS="60000", YOSO_REQUEST_TIMEOUT_S="0.2")
     responses = asyncio.run(burst(live.url, 12))  # one worker needs well over 0.2 s for twelve images
     statuses = [r.status_code for r in responses]
     assert set(statuses) == {200, 504}, statuses
@@ -91,7 +101,8 @@ def test_slow_uploads_hold_upload_places_not_inference_capacity(start):
 
 def test_a_request_whose_client_left_is_dropped_before_inference(start):
     """The leaver asks for the other model, so that /metrics shows when it is queued behind the burst."""
-    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_PRELOAD_MODELS="yolov3-tiny,yolov4-tiny")
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_MAX_QUEUE_WAIT_MS="60000",
+                 YOSO_PRELOAD_MODELS="yolov3-tiny,yolov4-tiny")
     leaver = "yolov4-tiny"
     request = httpx.Request("POST", live.url + f"/count_objects?model={leaver}",
                             files={"file": (IMAGE, image_bytes(IMAGE))})
@@ -121,7 +132,7 @@ def test_a_request_whose_client_left_is_dropped_before_inference(start):
 
 
 def test_sigterm_drains_every_accepted_request_then_exits_0(start):
-    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64")
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_MAX_QUEUE_WAIT_MS="60000")
 
     async def scenario() -> tuple[list[httpx.Response], bool]:
         inflight = asyncio.ensure_future(burst(live.url, 10))
@@ -160,7 +171,7 @@ def test_readyz_is_503_until_the_models_are_warm(model_store, tmp_path):
 
 
 def test_a_worker_that_dies_mid_request_is_answered_and_replaced(start):
-    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64")
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="64", YOSO_MAX_QUEUE_WAIT_MS="60000")
     [worker] = inference_workers(live.process.pid)
 
     async def scenario() -> list[httpx.Response]:

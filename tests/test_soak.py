@@ -84,7 +84,8 @@ def footprint(server: LiveServer) -> tuple[int, int, set[int]]:
 @pytest.fixture(scope="module")
 def soak_server(model_store, tmp_path_factory):
     # a queue deep enough for the soak's concurrency: this test is about leaks, not shedding
-    env = {"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "16"}
+    env = {"YOSO_WORKERS": "2", "YOSO_PRELOAD_MODELS": ",".join(TINY_MODELS), "YOSO_MAX_QUEUE": "16",
+           "YOSO_MAX_QUEUE_WAIT_MS": "60000"}
     yield from serving(env, tmp_path_factory.mktemp("soak"))
 
 

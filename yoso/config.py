@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         description="Requests allowed to wait for a worker; past it, 503 at once "
                     "(default: half the workers, at least 1, times YOSO_MAX_BATCH_SIZE).",
     )
+    max_queue_wait_ms: float | None = Field(
+        None, ge=0,
+        description="Longest expected wait for a worker that a request may queue for; past it, 503 at once "
+                    "(default: half the expected time of the task it would wait behind).",
+    )
     worker_priority: WorkerPriority = Field(
         WorkerPriority.idle,
         description="idle: workers compute with CPU time no other process wants, so the server process always "

@@ -41,7 +41,7 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
             await self.app(scope, receive, send)
             return
-        if self.received >= self.service.scheduler.capacity or self.uploading >= self.max_uploads:
+        if not self.service.scheduler.admits(self.received) or self.uploading >= self.max_uploads:
             self.service.shed()
             await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
             await send({"type": "http.response.body", "body": _BODY})

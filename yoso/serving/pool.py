@@ -9,15 +9,18 @@ worker and an outcome reaches its caller without a thread handing it over.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import multiprocessing
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from yoso.serving import wire, worker
+from yoso.serving.durations import TaskDurations, TaskKind
 from yoso.serving.tasks import Task, TaskOutcome, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,9 @@ class _Worker:
     listener: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference to a task
     task: asyncio.Future[TaskOutcome] | None = None
     task_model: str = ""
+    task_kind: TaskKind = ("", 0, 0)
+    task_started: float = 0.0  # time.monotonic()
+    task_expected_s: float = 0.0
     models: set[str] = field(default_factory=set)
 
 
@@ -57,6 +63,7 @@ class WorkerPool:
         self.on_idle: Callable[[], None] = lambda: None
         self.on_model_loaded: Callable[[str, float], None] = lambda name, seconds: None
         self.on_task_done: Callable[[str, TaskOutcome], None] = lambda model, outcome: None
+        self.durations = TaskDurations()
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._closing = False
@@ -78,6 +85,20 @@ class WorkerPool:
     def workers_with(self, model: str) -> int:
         return sum(1 for w in self._workers if model in w.models)
 
+    def expected_free(self, ahead: int) -> tuple[float, float]:
+        """For a task with `ahead` tasks queued before it: in how many seconds a worker is expected to be free
+        to take it, and how long the task that worker runs meanwhile is expected to take (0 while unknown)."""
+        now = time.monotonic()
+        free = [(max(0.0, w.task_started + w.task_expected_s - now) if w.task else 0.0, w.task_expected_s)
+                for w in self._workers if w.ready.done() and not w.ready.exception()]
+        if not free:
+            return 0.0, 0.0
+        heapq.heapify(free)
+        for _ in range(ahead):
+            at, each = heapq.heappop(free)
+            heapq.heappush(free, (at + each, each))
+        return free[0]
+
     async def start(self) -> None:
         """Start every worker and return once all have loaded and warmed the preload models."""
         started = [self._spawn() for _ in range(self.size)]
@@ -92,6 +113,9 @@ class WorkerPool:
         chosen = self._idle.pop()
         chosen.task = asyncio.get_running_loop().create_future()
         chosen.task_model = task.model
+        chosen.task_kind = (task.model, task.threads, len(task.images))
+        chosen.task_expected_s = self.durations.expected_s(chosen.task_kind)
+        chosen.task_started = time.monotonic()
         chosen.writer.write(wire.encode(task))  # the transport sends what the socket cannot take yet
         return chosen.task
 
@@ -157,7 +181,9 @@ class WorkerPool:
                 w.ready.set_exception(PoolStartError(message.message))
         elif isinstance(message, TaskOutcome):
             task, w.task = w.task, None
-            if message.model_load_s is not None:
+            if message.model_load_s is None:
+                self.durations.record(w.task_kind, time.monotonic() - w.task_started)
+            else:
                 w.models.add(w.task_model)
                 self.on_model_loaded(w.task_model, message.model_load_s)
             self.on_task_done(w.task_model, message)  # once per task, whether or not its callers still wait

@@ -18,6 +18,7 @@ from yoso.serving.pool import WorkerPool
 from yoso.serving.tasks import ImageJob, ImageOutcome, Task, TaskOutcome
 
 log = logging.getLogger(__name__)
+DEFAULT_WAIT_SHARE = 0.5  # without YOSO_MAX_QUEUE_WAIT_MS: queue only behind a task past half its expected time
 
 
 class Overloaded(RuntimeError):
@@ -38,9 +39,11 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, pool: WorkerPool, max_queue: int, max_batch_size: int = 1, max_batch_delay_s: float = 0.0):
+    def __init__(self, pool: WorkerPool, max_queue: int, max_batch_size: int = 1, max_batch_delay_s: float = 0.0,
+                 max_wait_s: float | None = None):
         self.pool = pool
         self.max_queue = max_queue
+        self.max_wait_s = max_wait_s
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
         self._queue: deque[Job] = deque()
@@ -55,14 +58,21 @@ class Scheduler:
     def waiting_by_model(self) -> Counter[str]:
         return Counter(job.model for job in self._queue if not job.future.done())
 
-    @property
-    def capacity(self) -> int:
-        """Requests the server can hold at once: one batch per worker plus the queue."""
-        return self.pool.size * self.max_batch_size + self.max_queue
+    def admits(self, held: int) -> bool:
+        """Whether one more request may come in while `held` are in the server (running, waiting or on their way)."""
+        ahead = held - self.pool.size * self.max_batch_size
+        return ahead < 0 or self._may_wait(ahead)
+
+    def _may_wait(self, ahead: int) -> bool:
+        """A request may queue behind `ahead` others if the queue has room and a worker is expected soon enough."""
+        if ahead >= self.max_queue:
+            return False
+        free_in_s, running_s = self.pool.expected_free(ahead // self.max_batch_size)
+        return free_in_s <= (running_s * DEFAULT_WAIT_SHARE if self.max_wait_s is None else self.max_wait_s)
 
     async def run(self, model: str, confidence: float, image: ImageJob) -> tuple[ImageOutcome, TaskOutcome]:
         """The outcome of one image, and of the task (batch) it ran in."""
-        if self.waiting >= self.max_queue and self.pool.idle == 0:
+        if self.pool.idle == 0 and not self._may_wait(self.waiting):
             raise Overloaded(f"{self.waiting} requests are already waiting")
         job = Job(model, confidence, image, asyncio.get_running_loop().create_future())
         self._queue.append(job)

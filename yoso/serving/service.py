@@ -87,6 +87,7 @@ class InferenceService:
             max_queue=settings.queue_limit,
             max_batch_size=settings.max_batch_size,
             max_batch_delay_s=settings.max_batch_delay_ms / 1000,
+            max_wait_s=None if settings.max_queue_wait_ms is None else settings.max_queue_wait_ms / 1000,
         )
         self.draining = False
         self._started = False
