@@ -50,6 +50,15 @@ class _Worker:
     task_expected_s: float = 0.0
     models: set[str] = field(default_factory=set)
 
+    @property
+    def live(self) -> bool:
+        """Loaded its models and can take tasks."""
+        return self.ready.done() and not self.ready.exception()
+
+    def free_in(self, now: float) -> float:
+        """Seconds until this worker is expected to finish its task: 0 when idle, or when the task overruns."""
+        return 0.0 if self.task is None else max(0.0, self.task_started + self.task_expected_s - now)
+
 
 class WorkerPool:
     def __init__(self, size: int, model_dir: Path, preload: list[str], cpu_count: int, max_pixels: int,
@@ -80,7 +89,7 @@ class WorkerPool:
     @property
     def live(self) -> int:
         """Workers that have loaded their models and can take tasks."""
-        return sum(1 for w in self._workers if w.ready.done() and not w.ready.exception())
+        return sum(1 for w in self._workers if w.live)
 
     def workers_with(self, model: str) -> int:
         return sum(1 for w in self._workers if model in w.models)
@@ -89,8 +98,7 @@ class WorkerPool:
         """For a task with `ahead` tasks queued before it: in how many seconds a worker is expected to be free
         to take it, and how long the task that worker runs meanwhile is expected to take (0 while unknown)."""
         now = time.monotonic()
-        free = [(max(0.0, w.task_started + w.task_expected_s - now) if w.task else 0.0, w.task_expected_s)
-                for w in self._workers if w.ready.done() and not w.ready.exception()]
+        free = [(w.free_in(now), w.task_expected_s) for w in self._workers if w.live]
         if not free:
             return 0.0, 0.0
         heapq.heapify(free)
@@ -181,11 +189,11 @@ class WorkerPool:
                 w.ready.set_exception(PoolStartError(message.message))
         elif isinstance(message, TaskOutcome):
             task, w.task = w.task, None
-            if message.model_load_s is None:
-                self.durations.record(w.task_kind, time.monotonic() - w.task_started)
-            else:
+            if message.model_load_s is not None:
                 w.models.add(w.task_model)
                 self.on_model_loaded(w.task_model, message.model_load_s)
+            elif message.inference is not None:  # neither a model load nor only unreadable images: a typical task
+                self.durations.record(w.task_kind, time.monotonic() - w.task_started)
             self.on_task_done(w.task_model, message)  # once per task, whether or not its callers still wait
             if task is not None and not task.done():
                 task.set_result(message)

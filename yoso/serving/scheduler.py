@@ -1,9 +1,11 @@
 """Which image runs when: a bounded queue in front of the worker pool, with same-model micro-batching.
 
-A request waits here only while every worker is busy. When a worker frees up, the oldest waiting request
-goes to it together with up to `max_batch_size - 1` later ones for the same model and confidence. With a
-batch delay, a lone request may wait that long for company while a worker sits idle. A request whose
-caller has given up (client gone, timeout) is dropped before it reaches a worker.
+A request waits here only while every worker is busy, and only if the queue has room and a worker is
+expected to take it soon (by default: it would wait behind a task past half its expected time); otherwise
+it is refused at once (Overloaded: 503). When a worker frees up, the oldest waiting request goes to it
+together with up to `max_batch_size - 1` later ones for the same model and confidence. With a batch delay,
+a lone request may wait that long for company while a worker sits idle. A request whose caller has given
+up (client gone, timeout) is dropped before it reaches a worker.
 """
 
 from __future__ import annotations
