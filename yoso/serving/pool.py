@@ -44,11 +44,14 @@ class _Worker:
     writer: asyncio.StreamWriter | None = None  # set once the loop has opened the socket
     listener: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference to a task
     task: asyncio.Future[TaskOutcome] | None = None
-    task_model: str = ""
-    task_kind: TaskKind = ("", 0, 0)
+    task_kind: TaskKind = ("", 0, 0)  # of the task running or last run
     task_started: float = 0.0  # time.monotonic()
     task_expected_s: float = 0.0
     models: set[str] = field(default_factory=set)
+
+    @property
+    def task_model(self) -> str:
+        return self.task_kind[0]
 
     @property
     def live(self) -> bool:
@@ -120,7 +123,6 @@ class WorkerPool:
         """Run `task` on an idle worker (the caller checks `idle` first)."""
         chosen = self._idle.pop()
         chosen.task = asyncio.get_running_loop().create_future()
-        chosen.task_model = task.model
         chosen.task_kind = (task.model, task.threads, len(task.images))
         chosen.task_expected_s = self.durations.expected_s(chosen.task_kind)
         chosen.task_started = time.monotonic()

@@ -75,7 +75,7 @@ class Scheduler:
     async def run(self, model: str, confidence: float, image: ImageJob) -> tuple[ImageOutcome, TaskOutcome]:
         """The outcome of one image, and of the task (batch) it ran in."""
         if self.pool.idle == 0 and not self._may_wait(self.waiting):
-            raise Overloaded(f"{self.waiting} requests are already waiting")
+            raise Overloaded(f"no worker is expected free soon enough ({self.waiting} requests waiting)")
         job = Job(model, confidence, image, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
