@@ -8,19 +8,26 @@ import subprocess
 import sys
 
 from tests.support import ROOT
+from yoso.bench.__main__ import PHASES
 
 
-def test_the_benchmark_measures_raw_and_server_phases_and_writes_json(model_store, tmp_path):
+def test_the_benchmark_measures_raw_and_every_kind_of_load_and_writes_json_and_markdown(model_store, tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "yoso.bench", "--seconds", "1", "--rounds", "1", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "yoso.bench", "--seconds", "1", "--rounds", "1", "--out", str(out),
+                             "--markdown"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "NaN" not in out.read_text()  # standard JSON: a quantile of nothing is null
     report = json.loads(out.read_text())
     assert len(report["raw"]["layouts"]) == 2
-    assert len(report["raw"]["limit_rounds"]) == 2  # a raw run before and after the one round
+    assert len(report["raw"]["limit_runs"]) == 2  # a raw run before and after the one round
     assert report["raw"]["limit_images_per_s"] > 0 and report["raw"]["single_image_ms"] > 0
-    phases = [row["phase"] for row in report["server"]]
-    assert len(phases) == 5 and phases[3].startswith("overload")
-    assert all(row["images_per_s"] > 0 and row["errors"] == 0 for row in report["server"])
-    assert len(report["targets"]) == 5 and "raw limit" in result.stdout
+    rows = report["server"]
+    assert [row["phase"] for row in rows] == [phase.label for phase in PHASES]
+    assert {row["client"] for row in rows} == {"plain", "yosoclient", "poisson"}
+    assert all(row["errors"] == 0 for row in rows), rows
+    # one-second windows: polite clients refused once wait a second or more, but the others always get answers
+    assert all(row["images_per_s"] > 0 for row in rows if row["client"] != "yosoclient"), rows
+    storm = next(row for row in rows if row["phase"] == "plain, 128 clients")
+    assert storm["refused"] > 0  # 128 clients cannot all wait within the 2 s budget
+    assert len(report["targets"]) == 10 and "raw limit" in result.stdout
+    assert "| load | images/s | x raw limit |" in result.stdout and "| plain, 128 clients |" in result.stdout

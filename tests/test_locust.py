@@ -26,9 +26,15 @@ def stats_rows(csv_prefix: Path, kind: str = "stats") -> list[dict[str, str]]:
         return list(csv.DictReader(stream))
 
 
-def test_a_headless_run_against_a_live_server_has_no_failures(server: LiveServer, tmp_path):
+def test_a_headless_run_against_a_server_on_default_settings_has_no_failures(model_store, tmp_path):
+    """Ordinary traffic (4 users, about 2 requests a second) on the settings a new user runs: not one 503."""
+    defaults = LiveServer(env={})
+    defaults.start(tmp_path / "server.log")
     prefix = tmp_path / "stats"
-    result = run_locust(server.url, prefix, seconds=10)
+    try:
+        result = run_locust(defaults.url, prefix, seconds=15)
+    finally:
+        defaults.stop()
     assert result.returncode == 0, result.stderr[-3000:]
     rows = stats_rows(prefix)
     (total,) = [row for row in rows if row["Name"] == "Aggregated"]

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support import EXPECTED_COUNTS, LiveServer, Samples, eventually, image_bytes, scrape, serving, value
+from yoso.cores import available_cores
 from yoso.observability.metrics import REQUEST_SECONDS_BUCKETS
 
 def increase(before: Samples, after: Samples, name: str, **labels: str) -> float:
@@ -89,6 +90,31 @@ def test_predict_records_annotate_encode_and_the_http_request(client):
             - value(before, "http_request_duration_seconds_count", **request)) == 1
 
 
+def test_the_wait_for_a_worker_is_timed_apart_from_inference(client):
+    before = scrape(client)
+    assert client.post("/detect", params={"model": "yolov4-tiny"}, files=upload("car.jpg")).status_code == 200
+    after = scrape(client)
+    assert increase(before, after, "yoso_queue_wait_seconds_count", model="yolov4-tiny") == 1
+    assert 0 <= increase(before, after, "yoso_queue_wait_seconds_sum", model="yolov4-tiny") < 1
+    assert increase(before, after, "yoso_inference_seconds_count", model="yolov4-tiny") == 1
+
+
+def test_admission_shows_what_it_expects_a_task_to_take_and_every_refusal_and_replacement_reason(client):
+    """Seeded by each worker's warm-up, so present before any request: one image alone on every core, and
+    beside the other busy worker on its share (the session server has two workers)."""
+    samples = scrape(client)
+    cores = available_cores()
+    for model in ("yolov3-tiny", "yolov4-tiny"):
+        for threads in {str(cores), str(max(1, cores // 2))}:
+            assert 0.001 < value(samples, "yoso_task_expected_seconds", model=model, threads=threads, images="1") < 5
+    shed = {dict(labels)["reason"] for name, labels in samples if name == "yoso_requests_shed_total"}
+    assert shed == {"budget", "queue_cap", "uploads", "draining", "starting"}
+    replaced = {dict(labels)["reason"] for name, labels in samples if name == "yoso_workers_replaced_total"}
+    assert replaced == {"died", "hung", "start_timeout"}
+    assert ("yoso_refusals_held", frozenset()) in samples
+    assert 1 <= value(samples, "yoso_queue_wait_margin_ratio") <= 2
+
+
 def test_latency_buckets_span_20_ms_to_10_s(client):
     client.get("/healthz")
     bounds = {dict(labels)["le"] for name, labels in scrape(client) if name == "http_request_duration_seconds_bucket"}
@@ -154,7 +180,7 @@ def test_in_flight_gauge_counts_requests_being_handled(small_server):
         assert eventually(lambda: value(scrape(http), "yoso_requests_in_flight") == 0)
 
 
-def test_a_request_refused_at_capacity_is_counted_as_shed(small_server):
+def test_a_request_refused_at_capacity_is_counted_as_shed_with_its_reason(small_server):
     with httpx.Client(base_url=small_server.url, timeout=30) as http:
         before = scrape(http)
         with stalled_upload(small_server.url):
@@ -162,7 +188,9 @@ def test_a_request_refused_at_capacity_is_counted_as_shed(small_server):
             refused = http.post("/detect", files=upload("car.jpg"))
         assert refused.status_code == 503 and "retry-after" in refused.headers
         after = scrape(http)
-    assert value(after, "yoso_requests_shed_total") - value(before, "yoso_requests_shed_total") == 1
+    assert increase(before, after, "yoso_requests_shed_total", reason="uploads") == 1
+    assert all(increase(before, after, "yoso_requests_shed_total", reason=other) == 0
+               for other in ("budget", "queue_cap", "draining", "starting"))
     labels = {"handler": "/detect", "method": "POST", "status": "503"}
     assert value(after, "http_requests_total", **labels) - value(before, "http_requests_total", **labels) == 1
 

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-
-import pytest
+import time
 
 from tests.support import EXPECTED_COUNTS, image_bytes
 from yoso.serving.pool import WorkerPool
-from yoso.serving.tasks import ImageJob, Task
+from yoso.serving.tasks import ImageJob, Running, Task, WorkerConfig
 
 IMAGE = "dog_person_horse.jpg"
+TASK = Task("yolov3-tiny", 0.5, (ImageJob(image_bytes(IMAGE), annotate=False),), threads=1)
+
+
+def one_worker(model_store) -> WorkerPool:
+    config = WorkerConfig(model_store.model_dir, ["yolov3-tiny"], cores=1, busy_threads=1, max_pixels=40_000_000,
+                          idle_priority=True)
+    return WorkerPool(1, config, startup_timeout_s=120)
 
 
 def test_stopping_the_pool_answers_the_task_still_running_and_the_workers_exit_cleanly(model_store):
     async def run_then_stop():
-        pool = WorkerPool(1, model_store.model_dir, ["yolov3-tiny"], cpu_count=1, max_pixels=40_000_000,
-                          idle_priority=True)
+        pool = one_worker(model_store)
         await pool.start()
         [process] = multiprocessing.active_children()
-        running = pool.submit(Task("yolov3-tiny", 0.5, (ImageJob(image_bytes(IMAGE), annotate=False),), threads=1))
+        running = pool.submit(TASK, deadline=time.monotonic() + 30)
         await pool.stop()  # at once: the task has only just reached the worker
         return await asyncio.wait_for(running, 5), process.exitcode
 
@@ -30,25 +35,27 @@ def test_stopping_the_pool_answers_the_task_still_running_and_the_workers_exit_c
     assert exit_code == 0
 
 
-def test_the_pool_learns_how_long_a_task_takes_and_when_a_busy_worker_should_be_free(model_store):
-    async def two_tasks():
-        pool = WorkerPool(1, model_store.model_dir, ["yolov3-tiny"], cpu_count=1, max_pixels=40_000_000,
-                          idle_priority=True)
+def test_the_pool_reports_its_warm_up_what_each_worker_runs_and_how_long_each_task_took(model_store):
+    async def one_task():
+        pool = one_worker(model_store)
+        ready, done = [], []
+        pool.on_ready = ready.append
+        pool.on_task_done = lambda kind, outcome, seconds: done.append((kind, seconds))
         await pool.start()
-        task = Task("yolov3-tiny", 0.5, (ImageJob(image_bytes(IMAGE), annotate=False),), threads=1)
         try:
-            unknown = pool.expected_free(0)
-            await pool.submit(task)
-            learned = pool.durations.expected_s(("yolov3-tiny", 1, 1))
-            running = pool.submit(task)
-            busy, behind_one = pool.expected_free(0), pool.expected_free(1)
+            idle = pool.running()
+            submitted = time.monotonic()
+            running = pool.submit(TASK, deadline=submitted + 30)
+            busy = pool.running()
             await running
-            return unknown, learned, busy, behind_one
+            return ready, idle, busy, submitted, done, time.monotonic() - submitted
         finally:
             await pool.stop()
 
-    unknown, learned, busy, behind_one = asyncio.run(two_tasks())
-    assert unknown == (0.0, 0.0)  # nothing has run yet: admission goes by queue length alone
-    assert 0.005 < learned < 5
-    assert busy[1] == learned and 0 < busy[0] <= learned  # free once the task just started has run its course
-    assert behind_one == pytest.approx((busy[0] + learned, learned), abs=0.01)  # one more task for the one behind
+    ready, idle, busy, submitted, done, elapsed = asyncio.run(one_task())
+    [warm] = ready
+    assert set(warm.warm_task_s) == {("yolov3-tiny", 1, 1)} and 0.005 < warm.warm_task_s[("yolov3-tiny", 1, 1)] < 5
+    assert idle == [None]
+    assert busy == [Running(("yolov3-tiny", 1, 1), busy[0].started)] and submitted <= busy[0].started
+    [(kind, seconds)] = done
+    assert kind == ("yolov3-tiny", 1, 1) and 0.005 < seconds <= elapsed

@@ -68,17 +68,11 @@ def test_a_bad_value_raises_one_line_naming_the_variable(monkeypatch, name, valu
     assert name.upper() in message and repr(value) in message
 
 
-def test_queue_limit_defaults_to_half_the_workers_and_at_least_one():
-    assert Settings(workers=1).queue_limit == 1
-    assert Settings(workers=2).queue_limit == 1
-    assert Settings(workers=8).queue_limit == 4
+def test_the_wait_budget_is_2_s_and_the_queue_cap_64_per_worker_unless_set():
+    assert Settings(workers=2).max_queue_wait_ms == 2000
+    assert Settings(workers=1).queue_limit == 64
+    assert Settings(workers=8).queue_limit == 512
     assert Settings(workers=3, max_queue=0).queue_limit == 0
-
-
-def test_with_batching_the_default_queue_holds_a_full_batch_per_waiting_place():
-    assert Settings(workers=2, max_batch_size=4).queue_limit == 4
-    assert Settings(workers=8, max_batch_size=4).queue_limit == 16
-    assert Settings(workers=2, max_batch_size=4, max_queue=3).queue_limit == 3
 
 
 def test_a_bad_value_stops_the_server_with_one_line_and_no_traceback():

@@ -2,8 +2,8 @@
 
 No Zipkin server or OpenTelemetry collector can be installed here, so each test runs a loopback HTTP
 receiver that stands in for one: it decodes what the exporters post (Zipkin v2 JSON; OTLP protobuf, as
-opentelemetry-proto defines it) and the tests assert the span tree (server span -> decode / inference /
-encode), the service name and the attributes. Spans are flushed every 100 ms (OTEL_BSP_SCHEDULE_DELAY).
+opentelemetry-proto defines it) and the tests assert the span tree (server span -> queue / decode /
+inference / encode), the service name and the attributes. Spans are flushed every 100 ms (OTEL_BSP_SCHEDULE_DELAY).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def zipkin_tree(spans: list[dict], path: str) -> tuple[dict, dict[str, dict]]:
     return root, children
 
 
-def test_zipkin_gets_the_server_span_with_decode_inference_and_encode_children(receiver, start_server):
+def test_zipkin_gets_the_server_span_with_queue_decode_inference_and_encode_children(receiver, start_server):
     live = start_server({"YOSO_OTEL_INSTRUMENT_EXPORTER": "zipkin", "YOSO_SERVICE_NAME": "yoso-under-test",
                          "YOSO_ZIPKIN_ENDPOINT": receiver.url + "/api/v2/spans"})
     with httpx.Client(base_url=live.url, timeout=60) as http:
@@ -144,7 +144,7 @@ def test_zipkin_gets_the_server_span_with_decode_inference_and_encode_children(r
 
     root, children = zipkin_tree(spans, "/detect")
     assert root["name"] == "POST /detect" and "parentId" not in root
-    assert set(children) == {"decode", "inference"}  # /detect draws and encodes nothing
+    assert set(children) == {"queue", "decode", "inference"}  # /detect draws and encodes nothing
     inference = children["inference"]["tags"]
     assert inference["yoso.model"] == "yolov3-tiny"
     assert float(inference["yoso.confidence"]) == 0.4
@@ -154,8 +154,9 @@ def test_zipkin_gets_the_server_span_with_decode_inference_and_encode_children(r
     assert abs(children["inference"]["duration"] / 1000 - detected["inference_ms"]) < 1
 
     root, children = zipkin_tree(spans, "/predict")
-    assert set(children) == {"decode", "inference", "encode"}
-    assert children["decode"]["timestamp"] < children["inference"]["timestamp"] < children["encode"]["timestamp"]
+    assert set(children) == {"queue", "decode", "inference", "encode"}
+    order = [children[name]["timestamp"] for name in ("queue", "decode", "inference", "encode")]
+    assert order == sorted(order) and len(set(order)) == 4
     for child in children.values():
         assert child["traceId"] == root["traceId"]
         assert root["timestamp"] <= child["timestamp"]
@@ -184,7 +185,7 @@ def test_otlp_carries_the_same_tree_and_otel_service_name_wins(receiver, start_s
     assert names == {"named-by-the-platform"}
     spans = [s for rs in resource_spans for ss in rs.scope_spans for s in ss.spans]
     children = {s.name: s for s in spans if s.parent_span_id == root.span_id}
-    assert set(children) == {"decode", "inference", "encode"}
+    assert set(children) == {"queue", "decode", "inference", "encode"}
     attributes = {a.key: a.value for a in children["inference"].attributes}
     assert attributes["yoso.model"].string_value == "yolov3-tiny"
     assert attributes["yoso.confidence"].double_value == 0.3
@@ -243,7 +244,7 @@ def test_tracing_works_in_dev_mode_with_spans_on_the_console(start_server):
     spans = wait_for(lambda: [s for s in console_spans() if s["name"] == "POST /detect"] and console_spans())
     [root] = [s for s in spans if s["name"] == "POST /detect"]
     children = {s["name"] for s in spans if s["parent_id"] == root["context"]["span_id"]}
-    assert children == {"decode", "inference"}
+    assert children == {"queue", "decode", "inference"}
     assert root["resource"]["attributes"]["service.name"] == "yoso"
     trace_id = root["context"]["trace_id"].removeprefix("0x")
     assert [line for line in live.log().splitlines() if " yoso.access: POST /detect 200 " in line

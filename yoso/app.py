@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(AdmissionMiddleware, service=service, max_uploads=settings.max_uploads)
+    app.add_middleware(AdmissionMiddleware, admission=service.admission, default_model=settings.default_model,
+                       on_refused=service.shed)
     install_security(app, settings)  # outside admission: refuses unauthenticated requests before they are admitted
     app.add_middleware(RequestHeadLimit)  # outside the key check: an oversized head is refused whoever sends it
     install_observability(app, settings, service)  # last: logs and counts refused requests too

@@ -13,6 +13,7 @@ from yoso.cores import available_cores
 from yoso.model.zoo import TINY_MODELS, ZOO
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "yoso" / "models"
+QUEUE_PER_WORKER = 64  # default YOSO_MAX_QUEUE per worker
 METRICS_PATH = "/metrics"  # served when YOSO_PROMETHEUS_METRICS is on; its own credential (YOSO_METRICS_TOKEN)
 
 
@@ -81,15 +82,15 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(
         0.0, ge=0, le=1000, description="How long a request may wait for others to fill its batch."
     )
+    max_queue_wait_ms: float = Field(
+        2000.0, gt=0,
+        description="Longest a request may expect to wait for a worker; past it, 503 at once (a request's own "
+                    "X-Yoso-Timeout-Ms can only shorten it).",
+    )
     max_queue: int | None = Field(
         None, ge=0,
-        description="Requests allowed to wait for a worker; past it, 503 at once "
-                    "(default: half the workers, at least 1, times YOSO_MAX_BATCH_SIZE).",
-    )
-    max_queue_wait_ms: float | None = Field(
-        None, ge=0,
-        description="Longest expected wait for a worker that a request may queue for; past it, 503 at once "
-                    "(default: half the expected time of the task it would wait behind).",
+        description="Hard cap on requests waiting for a worker, each holding its upload in memory; past it, 503 "
+                    "(default: 64 per worker, more than the wait budget lets in).",
     )
     worker_priority: WorkerPriority = Field(
         WorkerPriority.idle,
@@ -99,7 +100,16 @@ class Settings(BaseSettings):
     max_uploads: int = Field(
         32, ge=1, description="Uploads being received at once; past it, 503 (memory: x YOSO_MAX_UPLOAD_MB)."
     )
-    request_timeout_s: float = Field(30.0, gt=0, description="Upper bound on one request's time in the server (504).")
+    request_timeout_s: float = Field(
+        30.0, gt=0,
+        description="Upper bound on one request's time in the server, upload included (504); a worker still "
+                    "running a task past it is killed and replaced.",
+    )
+    startup_timeout_s: float = Field(
+        120.0, gt=0,
+        description="How long a worker may take to load and warm its models; past it, start-up fails (exit 1) "
+                    "or a replacement is tried again.",
+    )
     shutdown_grace_s: float = Field(20.0, ge=0, description="How long SIGTERM waits for in-flight requests.")
 
     # Observability
@@ -157,9 +167,9 @@ class Settings(BaseSettings):
 
     @property
     def queue_limit(self) -> int:
-        """Enough waiting requests to keep every worker fed (with a full batch) while the next ones are on
-        their way; a longer queue only makes accepted requests wait longer (see the benchmark in the README)."""
-        return max(1, self.workers // 2) * self.max_batch_size if self.max_queue is None else self.max_queue
+        """The wait budget decides who waits; this cap bounds memory (each waiting request holds its upload).
+        The default is about three times what the 2 s budget lets in with the zoo's tiny models on OpenCV."""
+        return QUEUE_PER_WORKER * self.workers if self.max_queue is None else self.max_queue
 
 
 class SettingsError(SystemExit):

@@ -25,7 +25,7 @@ class DrainingServer(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
+        if not self.should_exit and self.service.start_error is None:
             log.info("%s: draining; in-flight requests finish within %gs", signal.Signals(sig).name,
                      self.config.timeout_graceful_shutdown)
         self.service.drain()
@@ -51,8 +51,11 @@ def serve(settings: Settings) -> None:
         uvicorn.run("yoso.app:create_app", factory=True, reload=True, reload_dirs=["yoso"], **common)
         return
     app = create_app(settings)
-    _require_models(app.state.service)
-    DrainingServer(uvicorn.Config(app, **common), app.state.service).run()
+    service: InferenceService = app.state.service
+    _require_models(service)
+    DrainingServer(uvicorn.Config(app, **common), service).run()
+    if service.start_error is not None:
+        raise SystemExit(f"yoso: {service.start_error}")
 
 
 def _require_models(service: InferenceService) -> None:

@@ -30,6 +30,7 @@ RETRIES_ON_503 = 3
 MAX_RETRY_WAIT_S = 10.0
 RETRY_JITTER = 0.5  # wait Retry-After plus up to half again: clients refused together do not return together
 COUNTS_HEADER = "X-Yoso-Counts"  # /predict: what it drew, per label, as JSON
+TIMEOUT_HEADER = "X-Yoso-Timeout-Ms"  # how long we wait: the server refuses at once what it cannot answer in time
 
 Image = str | os.PathLike | bytes | np.ndarray
 """A path to an image file, the file's bytes, or a decoded image array (as cv2.imread returns it)."""
@@ -169,6 +170,8 @@ class Client:
     `model` and `confidence` left as None take the server's defaults (YOSO_DEFAULT_MODEL, 0.5).
     A 503 carrying Retry-After (the server is at capacity or still loading) is retried up to `retries`
     times, waiting what the server asks for plus up to half again at random, at most `max_retry_wait_s`.
+    Each image request tells the server the `timeout` (X-Yoso-Timeout-Ms), so that a server that could not
+    answer within it refuses at once instead of answering after the client has stopped listening.
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, timeout: float = DEFAULT_TIMEOUT_S, api_key: str | None = None,
@@ -239,7 +242,8 @@ class Client:
             params["model"] = model
         if confidence is not None:
             params["confidence"] = confidence
-        return self._request("POST", path, params=params, files={"file": (name, data, "application/octet-stream")})
+        return self._request("POST", path, params=params, files={"file": (name, data, "application/octet-stream")},
+                             headers={TIMEOUT_HEADER: f"{max(1.0, self.timeout * 1000):.0f}"})
 
     def _request(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
         retries_left = self.retries

@@ -1,67 +1,94 @@
-"""Admission control at the HTTP edge: past capacity, answer 503 at once, before reading the upload.
+"""Admission at the HTTP edge: the policy (yoso.serving.admission) applied before a byte of the upload is read.
 
-Capacity is what the serving layer can hold without unbounded waiting: one batch per worker plus the
-queue (Scheduler.capacity). A request over it costs the server almost nothing: no body read, no decode.
+A refused request costs the server almost nothing: no body read, no decode; past a rate of refusals it is
+held its turn before the 503 goes out, so that clients resending at once cannot take the cores from the
+workers. An admitted request carries its ticket (`ticket_of`) to the route.
 """
 
 from __future__ import annotations
 
-import json
+import math
+from collections.abc import Callable
+from urllib.parse import parse_qs
 
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from yoso.serving.service import InferenceService
+from yoso.api.errors import error_response
+from yoso.serving.admission import RETRY_AFTER_S, Admission, Reason, Refused, Ticket
 
 INFERENCE_PATHS = frozenset({"/predict", "/count_objects", "/detect"})
-RETRY_AFTER_S = 1
-_BODY = json.dumps({"detail": "The server is at capacity; retry after the Retry-After delay."}).encode()
-_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(_BODY)).encode()),
-    (b"retry-after", str(RETRY_AFTER_S).encode()),
-]
+TIMEOUT_HEADER = "X-Yoso-Timeout-Ms"
+_TIMEOUT_HEADER_KEY = TIMEOUT_HEADER.lower().encode()
+_TICKET = "yoso.ticket"
+
+
+class BadTimeout(ValueError):
+    """The timeout header is not a positive number of milliseconds: a 422."""
+
+
+def client_timeout_s(scope: Scope) -> float | None:
+    """The caller's own timeout, from `X-Yoso-Timeout-Ms` (a positive number of milliseconds), if sent."""
+    for name, value in scope["headers"]:
+        if name == _TIMEOUT_HEADER_KEY:
+            try:
+                milliseconds = float(value)
+            except ValueError:
+                milliseconds = math.nan
+            if not 0 < milliseconds < math.inf:
+                raise BadTimeout(f"{TIMEOUT_HEADER} must be a positive number of milliseconds, "
+                                 f"not {value.decode(errors='replace')[:32]!r}.")
+            return milliseconds / 1000
+    return None
+
+
+def requested_model(scope: Scope, default: str) -> str:
+    """The `model` query parameter as the route reads it (the last one sent), or the default."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("model")
+    return values[-1] if values else default
+
+
+def ticket_of(scope: Scope) -> Ticket:
+    return scope[_TICKET]
+
+
+def refusal_response(refusal: Refused) -> JSONResponse:
+    return error_response(503, refusal.detail, {"Retry-After": str(RETRY_AFTER_S)})
 
 
 class AdmissionMiddleware:
-    """Two bounds, both answered with 503 before the upload is read.
+    """Admits or refuses each image request from its head: a ticket for the route, or a (paced) 503 or a 422."""
 
-    Requests whose upload has fully arrived (waiting for or in inference) stay within the serving capacity.
-    Uploads still arriving are bounded apart, by `max_uploads`: a slow sender holds an upload place, never
-    inference capacity, so a few clients trickling bytes cannot make the server refuse everyone else.
-    """
-
-    def __init__(self, app: ASGIApp, service: InferenceService, max_uploads: int) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission, default_model: str,
+                 on_refused: Callable[[Reason], None]) -> None:
         self.app = app
-        self.service = service
-        self.max_uploads = max_uploads
-        self.uploading = 0
-        self.received = 0
+        self.admission = admission
+        self.default_model = default_model
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
             await self.app(scope, receive, send)
             return
-        if not self.service.scheduler.admits(self.received) or self.uploading >= self.max_uploads:
-            self.service.shed()
-            await send({"type": "http.response.start", "status": 503, "headers": _HEADERS})
-            await send({"type": "http.response.body", "body": _BODY})
+        try:
+            ticket = self.admission.enter(requested_model(scope, self.default_model), client_timeout_s(scope))
+        except BadTimeout as error:
+            await error_response(422, str(error))(scope, receive, send)
             return
-        self.uploading += 1
-        arrived = False
+        except Refused as refusal:
+            self.on_refused(refusal.reason)
+            await self.admission.hold_refusal()
+            await refusal_response(refusal)(scope, receive, send)
+            return
+        scope[_TICKET] = ticket
 
         async def receive_noting_arrival() -> Message:
-            nonlocal arrived
             message = await receive()
-            if not arrived and not message.get("more_body", False):
-                arrived = True
-                self.uploading -= 1
-                self.received += 1
+            if not message.get("more_body", False):
+                ticket.upload_done()
             return message
 
         try:
             await self.app(scope, receive_noting_arrival, send)
         finally:
-            if arrived:
-                self.received -= 1
-            else:
-                self.uploading -= 1
+            ticket.upload_done()

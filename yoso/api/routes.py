@@ -12,12 +12,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from yoso.api.admission import RETRY_AFTER_S
+from yoso.api.admission import TIMEOUT_HEADER, ticket_of
 from yoso.api.errors import ApiError, ErrorResponse
 from yoso.api.schemas import CountResponse, DetectionOut, DetectResponse, HealthResponse, ModelOut, ModelsResponse
 from yoso.api.upload import UPLOAD_BODY_DOC, read_image_upload
-from yoso.serving.pool import WorkerCrashed
-from yoso.serving.scheduler import Overloaded
+from yoso.serving.admission import RETRY_AFTER_S, Refused
+from yoso.serving.pool import TaskOverran, WorkerCrashed
 from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownModel
 from yoso.serving.tasks import ImageOutcome, TaskOutcome
 
@@ -27,6 +27,8 @@ async def get_service(request: Request) -> InferenceService:
 
 
 Service = Annotated[InferenceService, Depends(get_service)]
+# Validated and documented here; admission reads it from the query string at the edge, before the body, and the
+# request's ticket carries it to the handler.
 ModelName = Annotated[str | None, Query(max_length=64, description="Model to run (default: YOSO_DEFAULT_MODEL).")]
 Confidence = Annotated[
     float, Query(gt=0, le=1, allow_inf_nan=False, description="Keep detections scoring above this, in (0, 1].")
@@ -40,14 +42,22 @@ _ERRORS = {
         409: "Model known but not installed.",
         413: "Upload or image too large.",
         415: "Not a supported image format.",
-        422: "Bad parameter, missing field or unreadable image.",
+        422: f"Bad parameter or {TIMEOUT_HEADER}, missing field or unreadable image.",
         500: "Inference failed.",
-        503: "Overloaded or not ready; retry after Retry-After seconds.",
-        408: "The upload took longer than YOSO_REQUEST_TIMEOUT_S to arrive.",
-        504: "The request took longer than YOSO_REQUEST_TIMEOUT_S.",
+        503: "Refused at once: it would wait past its budget, too many wait or upload, or the server is starting "
+             "or draining; retry after Retry-After seconds.",
+        408: f"The upload took longer than the request's timeout ({TIMEOUT_HEADER} or YOSO_REQUEST_TIMEOUT_S).",
+        504: f"The request took longer than its timeout ({TIMEOUT_HEADER} or YOSO_REQUEST_TIMEOUT_S).",
     }.items()
 }
-_UPLOAD = {"openapi_extra": {"requestBody": UPLOAD_BODY_DOC}, "responses": _ERRORS}
+_TIMEOUT_PARAMETER = {
+    "name": TIMEOUT_HEADER, "in": "header", "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": 0},
+    "description": "How long the caller waits, in milliseconds (default and upper bound: YOSO_REQUEST_TIMEOUT_S). "
+                   "A request that cannot be answered in time is refused at once (503); one that runs out of "
+                   "time is answered 504.",
+}
+_UPLOAD = {"openapi_extra": {"requestBody": UPLOAD_BODY_DOC, "parameters": [_TIMEOUT_PARAMETER]}, "responses": _ERRORS}
 
 COUNTS_HEADER = "X-Yoso-Counts"
 
@@ -66,49 +76,50 @@ class Detected:
     task: TaskOutcome
 
 
-async def _detect(request: Request, service: InferenceService, model: str | None, confidence: float,
-                  annotate: bool, endpoint: str) -> Detected:
-    """Upload -> queued header check and inference, dropped if the client leaves or time runs out.
+async def _detect(request: Request, service: InferenceService, confidence: float, annotate: bool,
+                  endpoint: str) -> Detected:
+    """Admitted at the edge -> upload -> queued header check and inference, dropped if the client leaves or
+    the request's time runs out.
 
     The worker checks the image header before decoding: a header crafted to be slow to parse costs one
     worker's time, never the event loop's, and the server process does no image work at all.
     """
-    settings = service.settings
-    if not service.ready:
-        state = "shutting down" if service.draining else "loading its models"
-        raise ApiError(503, f"The server is {state}; retry shortly.", {"Retry-After": str(RETRY_AFTER_S)})
-    name = model or settings.default_model
+    ticket = ticket_of(request.scope)
+    name = ticket.model
     try:
         await service.ensure_installed(name)
     except UnknownModel as error:
         raise ApiError(404, str(error)) from None
     except ModelNotInstalled as error:
         raise ApiError(409, str(error)) from None
-    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s  # one bound, upload included
+    timeout_s = ticket.timeout_s  # one bound, upload included: the caller's or the server's
     try:
-        async with asyncio.timeout_at(deadline):  # a stalled upload must not hold its upload place
-            data = await read_image_upload(request, settings.max_upload_bytes)
+        async with asyncio.timeout(ticket.remaining_s()):  # a stalled upload must not hold its place
+            data = await read_image_upload(request, service.settings.max_upload_bytes)
     except TimeoutError:
-        raise ApiError(408, f"The upload took longer than {settings.request_timeout_s:g} s to arrive.") from None
-    inference = asyncio.ensure_future(service.detect(name, confidence, data, annotate, endpoint))
+        raise ApiError(408, f"The upload took longer than {timeout_s:g} s to arrive.") from None
+    inference = asyncio.ensure_future(service.detect(ticket, confidence, data, annotate, endpoint))
     disconnected = asyncio.ensure_future(_until_disconnected(request))
     try:
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        done, _ = await asyncio.wait({inference, disconnected}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({inference, disconnected}, timeout=ticket.remaining_s(),
+                                     return_when=asyncio.FIRST_COMPLETED)
     finally:
         disconnected.cancel()
     if inference not in done:
         inference.cancel()  # a queued job is skipped; a running one finishes and is discarded
         if disconnected in done:
             raise ApiError(499, "The client closed the connection.")
-        raise ApiError(504, f"The request took longer than {settings.request_timeout_s:g} s.")
+        raise ApiError(504, f"The request took longer than {timeout_s:g} s.")
     try:
         image, task = inference.result()
-    except Overloaded:
-        service.shed()
-        raise ApiError(503, "The server is at capacity; retry shortly.", {"Retry-After": str(RETRY_AFTER_S)}) from None
+    except Refused as refusal:  # other uploads arrived meanwhile: it may no longer wait
+        service.shed(refusal.reason)
+        await service.admission.hold_refusal()
+        raise ApiError(503, refusal.detail, {"Retry-After": str(RETRY_AFTER_S)}) from None
     except WorkerCrashed as error:
         raise ApiError(500, f"{error}; the image was not processed. A new worker is starting.") from None
+    except TaskOverran as error:
+        raise ApiError(504, f"The request took longer than {timeout_s:g} s: {error}.") from None
     if image.error is not None:
         raise ApiError(*image.error)
     return Detected(name, image, task)
@@ -125,14 +136,14 @@ _PREDICT_200 = {
 @router.post("/predict", response_class=Response, summary="The image with boxes, labels and confidence drawn",
              **_UPLOAD | {"responses": _ERRORS | {200: _PREDICT_200}})
 async def predict(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    detected = await _detect(request, service, model, confidence, annotate=True, endpoint="/predict")
+    detected = await _detect(request, service, confidence, annotate=True, endpoint="/predict")
     counts = json.dumps(_counts(detected.image), separators=(",", ":"))
     return Response(detected.image.jpeg, media_type="image/jpeg", headers={COUNTS_HEADER: counts})
 
 
 @router.post("/count_objects", response_model=CountResponse, summary="How many objects of each label", **_UPLOAD)
 async def count_objects(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    detected = await _detect(request, service, model, confidence, annotate=False, endpoint="/count_objects")
+    detected = await _detect(request, service, confidence, annotate=False, endpoint="/count_objects")
     return CountResponse(items=_counts(detected.image))
 
 
@@ -142,7 +153,7 @@ def _counts(image: ImageOutcome) -> dict[str, int]:
 
 @router.post("/detect", response_model=DetectResponse, summary="Detections as JSON", **_UPLOAD)
 async def detect(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    detected = await _detect(request, service, model, confidence, annotate=False, endpoint="/detect")
+    detected = await _detect(request, service, confidence, annotate=False, endpoint="/detect")
     image = detected.image
     return DetectResponse(
         model=detected.model,

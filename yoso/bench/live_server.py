@@ -27,6 +27,7 @@ class LiveServer:
     """`python -m yoso.server` in its own process, configured only through YOSO_ variables."""
 
     env: dict[str, str] = field(default_factory=dict)
+    own_process_group: bool = False  # a session of its own, so that a signal can go to the whole group
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -40,7 +41,7 @@ class LiveServer:
         self.log_path = log_path
         self.process = subprocess.Popen(
             [sys.executable, "-m", "yoso.server"], cwd=ROOT, env=env,
-            stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+            stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=self.own_process_group,
         )
         if wait_ready:
             self.wait_until("/readyz", timeout_s)

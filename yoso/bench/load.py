@@ -1,9 +1,16 @@
-"""A closed-loop HTTP load generator: N clients on keep-alive connections posting sample images.
+"""Load as users make it: plain keep-alive clients, yosoclient, and open-loop Poisson arrivals.
 
-Each client is its own process (`python -m yoso.bench.load`) running plain http.client, as N independent
-users are: no client waits for another's turn at an interpreter lock, so the latencies measured are the
-server's. Clients behave as yosoclient does: a 503 is retried after its Retry-After plus up to half again
-at random. The parent starts them all, then gives one start signal, so every client measures the same window.
+- `closed_loop(..., client="plain")`: N clients, each on one keep-alive http.client connection, sending the
+  next image as soon as an answer arrives, with no retry logic: a 503 is followed at once by the next
+  request. This is what curl loops, locust, hey, k6 and most HTTP libraries do, and the main figure.
+- `closed_loop(..., client="yosoclient")`: N `yosoclient.Client`s, which wait what Retry-After asks (with
+  jitter) before retrying a 503 up to 3 times: the polite second row.
+- `open_loop(rate)`: requests arrive at random (Poisson) times at `rate` per second, whatever the answers,
+  each on its own connection, as independent users behind a load balancer arrive.
+
+Clients run in processes of their own (`python -m yoso.bench.load`), a few threads each at most, so that
+their latencies are the server's rather than one interpreter lock's. The parent starts them, then gives one
+start signal, so every client measures the same window.
 """
 
 from __future__ import annotations
@@ -14,51 +21,66 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RETRY_JITTER = 0.5  # yosoclient's: clients refused together do not all return together
+MAX_CLIENT_PROCESSES = {"plain": 32, "yosoclient": 8}  # yosoclient loads OpenCV: fewer, busier processes
+OPEN_LOOP_PROCESSES = 2
+OPEN_LOOP_THREADS = 128  # per process: requests in flight at once, far above what the server admits
+TIMEOUT_S = 60.0
 
 
 @dataclass
 class LoadResult:
-    concurrency: int
     seconds: float
     ok_latencies_s: list[float] = field(default_factory=list)
-    shed_latencies_s: list[float] = field(default_factory=list)
-    error_statuses: Counter[int] = field(default_factory=Counter)  # 0: the connection failed
+    refused_latencies_s: list[float] = field(default_factory=list)  # 503
+    error_statuses: Counter[int] = field(default_factory=Counter)  # 0: no answer (connection failed, timeout)
 
     @property
     def errors(self) -> int:
         return sum(self.error_statuses.values())
 
     @property
+    def answered(self) -> int:
+        return len(self.ok_latencies_s) + len(self.refused_latencies_s) + self.errors
+
+    @property
     def images_per_s(self) -> float:
         return len(self.ok_latencies_s) / self.seconds
 
     @property
-    def shed_share(self) -> float:
-        total = len(self.ok_latencies_s) + len(self.shed_latencies_s) + self.errors
-        return len(self.shed_latencies_s) / total if total else 0.0
+    def refused(self) -> int:
+        return len(self.refused_latencies_s)
 
-    @classmethod
-    def merged(cls, results: list[LoadResult]) -> LoadResult:
-        """Several measurements of the same phase, as one."""
-        whole = cls(results[0].concurrency, sum(r.seconds for r in results))
-        for result in results:
-            whole.ok_latencies_s += result.ok_latencies_s
-            whole.shed_latencies_s += result.shed_latencies_s
-            whole.error_statuses.update(result.error_statuses)
-        return whole
+    @property
+    def refused_share(self) -> float:
+        return self.refused / self.answered if self.answered else 0.0
 
     def ok_ms(self, quantile: float) -> float:
         return _quantile(self.ok_latencies_s, quantile) * 1000
 
-    def shed_ms(self, quantile: float) -> float:
-        return _quantile(self.shed_latencies_s, quantile) * 1000
+    def refused_ms(self, quantile: float) -> float:
+        return _quantile(self.refused_latencies_s, quantile) * 1000
+
+    def add(self, figures: dict) -> None:
+        self.ok_latencies_s += figures["ok"]
+        self.refused_latencies_s += figures["refused"]
+        self.error_statuses.update({int(status): n for status, n in figures["errors"].items()})
+
+    @classmethod
+    def merged(cls, results: list[LoadResult]) -> LoadResult:
+        """Several measurements of the same phase, as one."""
+        whole = cls(sum(r.seconds for r in results))
+        for result in results:
+            whole.add({"ok": result.ok_latencies_s, "refused": result.refused_latencies_s,
+                       "errors": result.error_statuses})
+        return whole
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -76,89 +98,173 @@ def multipart(image: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def run_load(host: str, port: int, path: str, images: list[Path], concurrency: int, seconds: float,
-             warmup_s: float = 2.0) -> LoadResult:
-    """`concurrency` client processes posting `images` in turn for `warmup_s` unmeasured, then `seconds`."""
-    job = json.dumps({"host": host, "port": port, "path": path, "images": [str(image) for image in images]})
-    clients = [subprocess.Popen([sys.executable, "-m", __name__, str(index)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True) for index in range(concurrency)]
+def closed_loop(host: str, port: int, path: str, images: list[Path], concurrency: int, seconds: float,
+                client: str = "plain", warmup_s: float = 2.0) -> LoadResult:
+    """`concurrency` clients, each sending its next request when the last is answered; `warmup_s` unmeasured."""
+    processes = min(concurrency, MAX_CLIENT_PROCESSES[client])
+    threads = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    job = {"kind": client, "host": host, "port": port, "path": path, "images": [str(image) for image in images]}
+    return _run([job | {"threads": n, "first": sum(threads[:i])} for i, n in enumerate(threads)], seconds, warmup_s)
+
+
+def open_loop(host: str, port: int, path: str, images: list[Path], rate: float, seconds: float,
+              warmup_s: float = 3.0) -> LoadResult:
+    """Poisson arrivals at `rate` per second for `warmup_s` unmeasured, then `seconds`; every request is
+    answered before this returns. A request counts in the window it was sent in."""
+    job = {"kind": "poisson", "host": host, "port": port, "path": path, "images": [str(image) for image in images],
+           "rate": rate / OPEN_LOOP_PROCESSES, "threads": OPEN_LOOP_THREADS}
+    return _run([job | {"first": i} for i in range(OPEN_LOOP_PROCESSES)], seconds, warmup_s)
+
+
+def _run(jobs: list[dict], seconds: float, warmup_s: float) -> LoadResult:
+    processes = [subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True) for _ in jobs]
     try:
-        for client in clients:
-            client.stdin.write(job + "\n")
-            client.stdin.flush()
-        for client in clients:
-            if client.stdout.readline().strip() != "ready":
+        for process, job in zip(processes, jobs):
+            process.stdin.write(json.dumps(job) + "\n")
+            process.stdin.flush()
+        for process in processes:
+            if process.stdout.readline().strip() != "ready":
                 raise RuntimeError("a load client failed to start")
         measure_from = time.monotonic() + warmup_s  # CLOCK_MONOTONIC: one clock for every process
         window = json.dumps({"measure_from": measure_from, "stop_at": measure_from + seconds})
-        for client in clients:
-            client.stdin.write(window + "\n")
-            client.stdin.flush()
-        result = LoadResult(concurrency, seconds)
-        for client in clients:
-            figures = json.loads(client.stdout.readline())
-            result.ok_latencies_s += figures["ok"]
-            result.shed_latencies_s += figures["shed"]
-            result.error_statuses.update({int(status): n for status, n in figures["errors"].items()})
+        for process in processes:
+            process.stdin.write(window + "\n")
+            process.stdin.flush()
+        result = LoadResult(seconds)
+        for process in processes:
+            result.add(json.loads(process.stdout.readline()))
     finally:
-        for client in clients:
-            _reap(client)
+        for process in processes:
+            _reap(process)
     return result
 
 
-def _reap(client: subprocess.Popen) -> None:
-    client.stdin.close()  # a client still waiting for its window reads EOF and exits
+def _reap(process: subprocess.Popen) -> None:
+    process.stdin.close()  # a client still waiting for its window reads EOF and exits
     try:
-        client.wait(timeout=10)
+        process.wait(timeout=TIMEOUT_S + 10)
     except subprocess.TimeoutExpired:
-        client.kill()
-        client.wait()
+        process.kill()
+        process.wait()
 
 
-def _client(job: dict, bodies: list[tuple[bytes, str]], index: int, measure_from: float, stop_at: float) -> dict:
-    """One keep-alive connection posting images until `stop_at`; latencies of the requests answered in the window.
+class _Figures:
+    """Latencies by outcome, from any number of threads."""
+
+    def __init__(self) -> None:
+        self.ok: list[float] = []
+        self.refused: list[float] = []
+        self.errors: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def record(self, status: int, elapsed: float) -> None:
+        with self._lock:
+            if status == 200:
+                self.ok.append(elapsed)
+            elif status == 503:
+                self.refused.append(elapsed)
+            else:
+                self.errors[status] += 1
+
+    def as_json(self) -> str:
+        return json.dumps({"ok": self.ok, "refused": self.refused, "errors": self.errors})
+
+
+def _post(connection: http.client.HTTPConnection, path: str, body: bytes, content_type: str) -> int:
+    """One request on `connection`; the status, or 0 (and the connection closed) when no answer came."""
+    try:
+        connection.request("POST", path, body, {"Content-Type": content_type})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        connection.close()  # the next request opens a new connection
+        return 0
+
+
+def _plain_client(job: dict, bodies: list, index: int, measure_from: float, stop_at: float, out: _Figures) -> None:
+    """One keep-alive connection, the next request as soon as the last is answered, no retry.
 
     A request counts when its answer arrives inside the window, wherever it started: images per second are
-    then answers per second. (Counting only requests that also started inside the window would miss the ones
-    in flight when it opens, about 1% of a 10-second window at full load.)
+    then answers per second.
     """
-    connection = http.client.HTTPConnection(job["host"], job["port"], timeout=60)
-    ok, shed, errors = [], [], Counter()
+    connection = http.client.HTTPConnection(job["host"], job["port"], timeout=TIMEOUT_S)
     i = index
-    while (now := time.monotonic()) < stop_at:
+    while (sent := time.monotonic()) < stop_at:
         body, content_type = bodies[i % len(bodies)]
         i += 1
-        try:
-            connection.request("POST", job["path"], body, {"Content-Type": content_type})
-            response = connection.getresponse()
-            response.read()
-            status, retry_after = response.status, response.getheader("Retry-After")
-        except (OSError, http.client.HTTPException):
-            connection.close()
-            status, retry_after = 0, None
-        elapsed = time.monotonic() - now
-        if measure_from <= now + elapsed <= stop_at:
-            if status == 200:
-                ok.append(elapsed)
-            elif status == 503:
-                shed.append(elapsed)
-            else:
-                errors[status] += 1
-        if status == 503 and retry_after:
-            wait_s = float(retry_after) * (1 + random.random() * RETRY_JITTER)
-            time.sleep(min(wait_s, max(0.0, stop_at - time.monotonic())))
+        status = _post(connection, job["path"], body, content_type)
+        if measure_from <= (answered := time.monotonic()) <= stop_at:
+            out.record(status, answered - sent)
     connection.close()
-    return {"ok": ok, "shed": shed, "errors": errors}
+
+
+def _yosoclient_client(job: dict, images: list[bytes], index: int, measure_from: float, stop_at: float,
+                       out: _Figures) -> None:
+    """yosoclient as an application uses it: one Client, 503s retried after Retry-After with jitter."""
+    from yosoclient.client import Client, YosoError  # imported before "ready" (_client_main): OpenCV is slow to load
+
+    with Client(f"http://{job['host']}:{job['port']}", timeout=TIMEOUT_S) as client:
+        i = index
+        while (sent := time.monotonic()) < stop_at:
+            try:
+                client.count_objects(images[i % len(images)])
+                status = 200
+            except YosoError as error:
+                status = error.status or 0
+            i += 1
+            if measure_from <= (answered := time.monotonic()) <= stop_at:
+                out.record(status, answered - sent)
+
+
+def _poisson_arrivals(job: dict, bodies: list, index: int, measure_from: float, stop_at: float,
+                      out: _Figures) -> None:
+    """Requests at exponentially distributed intervals, each on a new connection, until `stop_at`; the
+    requests sent inside the window are counted once all are answered."""
+    arrivals = random.Random(index)
+
+    def one(body: bytes, content_type: str, sent: float) -> None:
+        connection = http.client.HTTPConnection(job["host"], job["port"], timeout=TIMEOUT_S)
+        status = _post(connection, job["path"], body, content_type)
+        connection.close()
+        if sent >= measure_from:
+            out.record(status, time.monotonic() - sent)
+
+    with ThreadPoolExecutor(max_workers=job["threads"]) as pool:
+        at, i = time.monotonic(), index
+        while True:
+            at += arrivals.expovariate(job["rate"])
+            if at >= stop_at:
+                break
+            time.sleep(max(0.0, at - time.monotonic()))
+            body, content_type = bodies[i % len(bodies)]
+            i += 1
+            pool.submit(one, body, content_type, at)
 
 
 def _client_main() -> None:
-    """`python -m yoso.bench.load INDEX`: the job on stdin, "ready", the window on stdin, figures on stdout."""
+    """`python -m yoso.bench.load`: the job on stdin, "ready", the window on stdin, figures on stdout."""
     job = json.loads(sys.stdin.readline())
-    bodies = [multipart(Path(image).read_bytes()) for image in job["images"]]
+    if job["kind"] == "yosoclient":
+        import yosoclient.client  # noqa: F401 - loaded now, not inside the measured window
+    images = [Path(image).read_bytes() for image in job["images"]]
+    bodies = [multipart(image) for image in images]
     print("ready", flush=True)
     window = json.loads(sys.stdin.readline())
-    figures = _client(job, bodies, int(sys.argv[1]), window["measure_from"], window["stop_at"])
-    print(json.dumps(figures), flush=True)
+    out = _Figures()
+    kind, first = job["kind"], job["first"]
+    if kind == "poisson":
+        _poisson_arrivals(job, bodies, first, window["measure_from"], window["stop_at"], out)
+    else:
+        target, data = (_plain_client, bodies) if kind == "plain" else (_yosoclient_client, images)
+        threads = [threading.Thread(target=target, args=(job, data, first + n, window["measure_from"],
+                                                         window["stop_at"], out)) for n in range(job["threads"])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    print(out.as_json(), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from yoso.config import METRICS_PATH
 from yoso.model.zoo import ZOO
-from yoso.serving.pool import WorkerPool
-from yoso.serving.scheduler import Scheduler
+from yoso.serving.admission import Reason
+from yoso.serving.pool import Exit
 from yoso.serving.service import InferenceService
 from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
 
 # Whole requests: a probe answers in a millisecond, a big image on a busy server takes seconds.
 REQUEST_SECONDS_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10)
 INFERENCE_SECONDS_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10)
+QUEUE_WAIT_SECONDS_BUCKETS = (0.001, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 STAGE_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 MODEL_LOAD_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 MEGAPIXELS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 12, 20, 40)
@@ -71,11 +72,22 @@ class InferenceMetrics:
         self.requests_in_flight = Gauge(
             "yoso_requests_in_flight", "HTTP requests being handled now (/metrics excluded).", registry=registry)
         self.requests_shed = Counter(
-            "yoso_requests_shed_total", "Requests refused with 503 because the server was at capacity.",
-            registry=registry)
+            "yoso_requests_shed_total", "Requests refused at once with 503, by reason (yoso.serving.admission).",
+            ["reason"], registry=registry)
+        self.queue_wait_seconds = Histogram(
+            "yoso_queue_wait_seconds", "Time an admitted request waited for a worker, upload arrived to task sent.",
+            ["model"], buckets=QUEUE_WAIT_SECONDS_BUCKETS, registry=registry)
+        self.workers_replaced = Counter(
+            "yoso_workers_replaced_total", "Worker processes replaced: died, hung (a task past its deadline) or "
+            "start_timeout (models not loaded within YOSO_STARTUP_TIMEOUT_S).", ["reason"], registry=registry)
         for model in ZOO:  # zero from the start, so that rate() and ratios work before the first image
             self.images_without_detections.labels(model)
             self.model_load_seconds.labels(model)
+            self.queue_wait_seconds.labels(model)
+        for reason in Reason:
+            self.requests_shed.labels(reason.value)
+        for exit_reason in Exit:
+            self.workers_replaced.labels(exit_reason.value)
 
 
 class MetricsObserver:
@@ -88,6 +100,8 @@ class MetricsObserver:
                    task: TaskOutcome) -> None:
         m = self.metrics
         m.images.labels(model, endpoint).inc()
+        if image.queue is not None:
+            m.queue_wait_seconds.labels(model).observe(_seconds(image.queue))
         m.input_megapixels.observe(image.width * image.height / 1e6)
         if image.decode is not None:
             m.decode_seconds.observe(_seconds(image.decode))
@@ -107,17 +121,22 @@ class MetricsObserver:
     def model_loaded(self, model: str, seconds: float) -> None:
         self.metrics.model_load_seconds.labels(model).observe(seconds)
 
-    def request_shed(self) -> None:
-        self.metrics.requests_shed.inc()
+    def request_shed(self, reason: Reason) -> None:
+        self.metrics.requests_shed.labels(reason.value).inc()
+
+    def worker_replaced(self, reason: Exit) -> None:
+        self.metrics.workers_replaced.labels(reason.value).inc()
 
 
 class ServingState(Collector):
-    """What the pool and the scheduler hold, read at scrape time: loaded models (the count drops when a worker
-    dies), requests waiting for a worker, and queued requests given up before inference."""
+    """What the pool, the scheduler and admission hold, read at scrape time: loaded models (the count drops
+    when a worker dies), requests waiting for a worker, queued requests given up before inference, refusals
+    being held, and how long admission expects each kind of task to take."""
 
-    def __init__(self, pool: WorkerPool, scheduler: Scheduler) -> None:
-        self.pool = pool
-        self.scheduler = scheduler
+    def __init__(self, service: InferenceService) -> None:
+        self.pool = service.pool
+        self.scheduler = service.scheduler
+        self.admission = service.admission
 
     def collect(self) -> Iterable[Metric]:
         waiting = self.scheduler.waiting_by_model()
@@ -128,6 +147,17 @@ class ServingState(Collector):
         yield CounterMetricFamily("yoso_requests_abandoned",
                                   "Queued requests dropped before inference: their caller left or timed out.",
                                   value=self.scheduler.abandoned)
+        yield GaugeMetricFamily("yoso_refusals_held", "Refusals held before their 503 goes out, because refusals "
+                                "come faster than the rate answered at once.", value=self.admission.held)
+        expected = GaugeMetricFamily("yoso_task_expected_seconds", "How long admission expects a task to take, "
+                                     "learned per model, threads and images (a moving average).",
+                                     labels=["model", "threads", "images"])
+        for (model, threads, images), seconds in sorted(self.admission.times.known().items()):
+            expected.add_metric([model, str(threads), str(images)], seconds)
+        yield expected
+        yield GaugeMetricFamily("yoso_queue_wait_margin_ratio", "What admission multiplies expected waits by: "
+                                "the 99th percentile of actual / expected wait in the last minute (1 to 2).",
+                                value=self.admission.margin.factor())
 
 
 def _per_model_gauge(name: str, documentation: str, value_of: Callable[[str], float]) -> GaugeMetricFamily:
@@ -163,7 +193,7 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
-    registry.register(ServingState(service.pool, service.scheduler))
+    registry.register(ServingState(service))
     metrics = InferenceMetrics(registry)
     service.observers.append(MetricsObserver(metrics))
 

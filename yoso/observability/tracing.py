@@ -1,8 +1,9 @@
 """OpenTelemetry traces: one server span per request, with the worker's stages as child spans.
 
-FastAPI's instrumentation opens the server span. Decoding, inference and annotate+encode ran in a worker
-process, which reports their time.time_ns() intervals; the TracingObserver turns them into child spans
-after the fact. It is called inside the request's handler, so the current span is the request's.
+FastAPI's instrumentation opens the server span. The wait for a worker (queue) is timed by the scheduler;
+decoding, inference and annotate+encode ran in a worker process, which reports their time.time_ns()
+intervals; the TracingObserver turns them all into child spans after the fact. It is called inside the
+request's handler, so the current span is the request's.
 
 Spans leave through a BatchSpanProcessor: a background thread exports them, so a slow or absent collector
 costs a request nothing (spans are dropped when its queue is full). Exporters: console (one JSON line per
@@ -31,6 +32,8 @@ from opentelemetry.util.types import Attributes
 
 from yoso import __version__
 from yoso.config import Settings, TraceExporter
+from yoso.serving.admission import Reason
+from yoso.serving.pool import Exit
 from yoso.serving.service import InferenceService
 from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
 
@@ -87,6 +90,7 @@ class TracingObserver:
                    task: TaskOutcome) -> None:
         if not trace.get_current_span().is_recording():
             return  # the request was sampled out
+        self._stage("queue", image.queue)
         self._stage("decode", image.decode)
         attributes = {
             "yoso.model": model,
@@ -105,8 +109,11 @@ class TracingObserver:
     def model_loaded(self, model: str, seconds: float) -> None:
         """Model loads happen outside requests; metrics record them."""
 
-    def request_shed(self) -> None:
-        trace.get_current_span().add_event("yoso.shed", {"reason": "server at capacity"})
+    def request_shed(self, reason: Reason) -> None:
+        trace.get_current_span().add_event("yoso.shed", {"yoso.reason": reason.value})
+
+    def worker_replaced(self, reason: Exit) -> None:
+        """Replacements happen outside requests; metrics count them."""
 
     def _stage(self, name: str, interval: Interval | None, attributes: Attributes = None) -> None:
         if interval is None:

@@ -1,39 +1,52 @@
 """Inference worker processes, seen from the server's event loop.
 
 The pool starts the workers, waits until each has loaded and warmed its models, runs one task at a time on
-an idle worker, and replaces a worker that dies, answering its task with an error instead of losing it.
-Each worker's socket is read and written by the event loop itself (yoso.serving.wire): a task reaches its
-worker and an outcome reaches its caller without a thread handing it over.
+an idle worker, and keeps every worker alive or replaced: a worker that dies is replaced and its task
+answered with an error; a worker still loading past the start-up bound, or still running a task past the
+deadline of every request in it, is killed and replaced the same way. Each worker's socket is read and
+written by the event loop itself (yoso.serving.wire): a task reaches its worker and an outcome reaches its
+caller without a thread handing it over.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import multiprocessing
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 
 from yoso.serving import wire, worker
-from yoso.serving.durations import TaskDurations, TaskKind
-from yoso.serving.tasks import Task, TaskOutcome, WorkerFailed, WorkerReady
+from yoso.serving.tasks import Running, Task, TaskKind, TaskOutcome, WorkerConfig, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
 _SPAWN = multiprocessing.get_context("spawn")  # never fork a process that holds threads
 RESPAWN_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after consecutive start-up failures
+EXIT_WAIT_S = 5.0  # how long a worker whose socket closed may take to exit (stop() kills it after as long)
+
+
+class Exit(str, Enum):
+    """Why a worker went and was replaced (the `reason` label of yoso_workers_replaced_total)."""
+
+    died = "died"  # crashed, or killed from outside
+    hung = "hung"  # still running a task past the deadline of every request in it: killed by the watchdog
+    start_timeout = "start_timeout"  # had not loaded its models within YOSO_STARTUP_TIMEOUT_S: killed
 
 
 class WorkerCrashed(RuntimeError):
     """The worker process died while running a task."""
 
 
+class TaskOverran(RuntimeError):
+    """The task ran past the deadline of every request in it; its worker was killed and is being replaced."""
+
+
 class PoolStartError(RuntimeError):
-    """A worker could not load its models."""
+    """A worker could not load its models, or not within the start-up bound."""
 
 
 @dataclass(eq=False)
@@ -46,36 +59,30 @@ class _Worker:
     task: asyncio.Future[TaskOutcome] | None = None
     task_kind: TaskKind = ("", 0, 0)  # of the task running or last run
     task_started: float = 0.0  # time.monotonic()
-    task_expected_s: float = 0.0
+    watchdog: asyncio.TimerHandle | None = None  # kills the worker at its start-up bound, then at its task's deadline
+    killed: Exit | None = None  # set when the pool kills it: whatever it still sends is ignored
     models: set[str] = field(default_factory=set)
-
-    @property
-    def task_model(self) -> str:
-        return self.task_kind[0]
 
     @property
     def live(self) -> bool:
         """Loaded its models and can take tasks."""
         return self.ready.done() and not self.ready.exception()
 
-    def free_in(self, now: float) -> float:
-        """Seconds until this worker is expected to finish its task: 0 when idle, or when the task overruns."""
-        return 0.0 if self.task is None else max(0.0, self.task_started + self.task_expected_s - now)
+    def kill(self, reason: Exit) -> None:
+        self.killed = reason
+        self.process.kill()  # the socket then closes, and _on_exit answers and replaces
 
 
 class WorkerPool:
-    def __init__(self, size: int, model_dir: Path, preload: list[str], cpu_count: int, max_pixels: int,
-                 idle_priority: bool) -> None:
+    def __init__(self, size: int, config: WorkerConfig, startup_timeout_s: float) -> None:
         self.size = size
-        self.model_dir = model_dir
-        self.preload = list(preload)
-        self.cpu_count = cpu_count
-        self.max_pixels = max_pixels
-        self.idle_priority = idle_priority
+        self.config = config
+        self.startup_timeout_s = startup_timeout_s
         self.on_idle: Callable[[], None] = lambda: None
+        self.on_ready: Callable[[WorkerReady], None] = lambda ready: None
         self.on_model_loaded: Callable[[str, float], None] = lambda name, seconds: None
-        self.on_task_done: Callable[[str, TaskOutcome], None] = lambda model, outcome: None
-        self.durations = TaskDurations()
+        self.on_task_done: Callable[[TaskKind, TaskOutcome, float], None] = lambda kind, outcome, seconds: None
+        self.on_replaced: Callable[[Exit], None] = lambda reason: None
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._closing = False
@@ -97,18 +104,9 @@ class WorkerPool:
     def workers_with(self, model: str) -> int:
         return sum(1 for w in self._workers if model in w.models)
 
-    def expected_free(self, ahead: int) -> tuple[float, float]:
-        """For a task with `ahead` tasks queued before it: in how many seconds a worker is expected to be free
-        to take it, and how long the task that worker runs meanwhile is expected to take (0 while unknown)."""
-        now = time.monotonic()
-        free = [(w.free_in(now), w.task_expected_s) for w in self._workers if w.live]
-        if not free:
-            return 0.0, 0.0
-        heapq.heapify(free)
-        for _ in range(ahead):
-            at, each = heapq.heappop(free)
-            heapq.heappush(free, (at + each, each))
-        return free[0]
+    def running(self) -> list[Running | None]:
+        """One entry per worker that can take tasks: its task's kind and start, or None while it is idle."""
+        return [None if w.task is None else Running(w.task_kind, w.task_started) for w in self._workers if w.live]
 
     async def start(self) -> None:
         """Start every worker and return once all have loaded and warmed the preload models."""
@@ -117,15 +115,17 @@ class WorkerPool:
 
     def threads_for_next_task(self) -> int:
         """All cores for a task that runs alone; otherwise each worker's share, so cores are never oversubscribed."""
-        return self.cpu_count if self.busy == 0 else max(1, self.cpu_count // self.size)
+        return self.config.cores if self.busy == 0 else self.config.busy_threads
 
-    def submit(self, task: Task) -> asyncio.Future[TaskOutcome]:
-        """Run `task` on an idle worker (the caller checks `idle` first)."""
+    def submit(self, task: Task, deadline: float) -> asyncio.Future[TaskOutcome]:
+        """Run `task` on an idle worker (the caller checks `idle` first). Past `deadline` (time.monotonic()),
+        when every caller has given up, a task still running is abandoned and its worker replaced."""
         chosen = self._idle.pop()
-        chosen.task = asyncio.get_running_loop().create_future()
-        chosen.task_kind = (task.model, task.threads, len(task.images))
-        chosen.task_expected_s = self.durations.expected_s(chosen.task_kind)
+        loop = asyncio.get_running_loop()
+        chosen.task = loop.create_future()
+        chosen.task_kind = task.kind
         chosen.task_started = time.monotonic()
+        chosen.watchdog = loop.call_later(max(0.0, deadline - chosen.task_started), self._overran, chosen)
         chosen.writer.write(wire.encode(task))  # the transport sends what the socket cannot take yet
         return chosen.task
 
@@ -142,7 +142,7 @@ class WorkerPool:
             else:
                 _close(w)
         for w in stopping:
-            await asyncio.to_thread(w.process.join, 5)
+            await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
             if w.process.is_alive():
                 w.process.kill()
         self._workers.clear()
@@ -150,17 +150,13 @@ class WorkerPool:
     def _spawn(self) -> _Worker:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        process = _SPAWN.Process(
-            target=worker.serve,
-            args=(theirs, str(self.model_dir), self.preload, self.cpu_count, self.max_pixels, self.idle_priority),
-            name="yoso-worker",
-            daemon=True,
-        )
+        process = _SPAWN.Process(target=worker.serve, args=(theirs, self.config), name="yoso-worker", daemon=True)
         process.start()
         theirs.close()
         w = _Worker(process, loop.create_future(), ours)
         self._workers.append(w)
         w.listener = loop.create_task(self._listen(w), name=f"yoso-worker-{process.pid}")
+        w.watchdog = loop.call_later(self.startup_timeout_s, self._start_overdue, w)
         return w
 
     async def _listen(self, w: _Worker) -> None:
@@ -173,16 +169,20 @@ class WorkerPool:
             pass
         except Exception:  # a message that cannot be read or handled: the worker's state is unknown
             log.exception("inference worker %s sent a message that failed; replacing the worker", w.process.pid)
-            w.process.kill()
+            w.kill(Exit.died)
+        if not self._closing:  # its socket closed as it exits: reap it (no zombie) and learn its exit code
+            await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
         self._on_exit(w)
 
     def _on_message(self, w: _Worker, message: object) -> None:
-        if w not in self._workers:
+        if w not in self._workers or w.killed:
             return
         if isinstance(message, WorkerReady):
+            w.watchdog.cancel()
             w.models.update(message.model_load_s)
             for name, seconds in message.model_load_s.items():
                 self.on_model_loaded(name, seconds)
+            self.on_ready(message)
             w.ready.set_result(message)
             self._failed_starts = 0
             self._make_idle(w)
@@ -190,13 +190,13 @@ class WorkerPool:
             if not w.ready.done():
                 w.ready.set_exception(PoolStartError(message.message))
         elif isinstance(message, TaskOutcome):
+            w.watchdog.cancel()
             task, w.task = w.task, None
+            model = w.task_kind[0]
             if message.model_load_s is not None:
-                w.models.add(w.task_model)
-                self.on_model_loaded(w.task_model, message.model_load_s)
-            elif message.inference is not None:  # neither a model load nor only unreadable images: a typical task
-                self.durations.record(w.task_kind, time.monotonic() - w.task_started)
-            self.on_task_done(w.task_model, message)  # once per task, whether or not its callers still wait
+                w.models.add(model)
+                self.on_model_loaded(model, message.model_load_s)
+            self.on_task_done(w.task_kind, message, time.monotonic() - w.task_started)  # even if callers left
             if task is not None and not task.done():
                 task.set_result(message)
             self._make_idle(w)
@@ -205,11 +205,28 @@ class WorkerPool:
         self._idle.append(w)
         self.on_idle()
 
+    def _start_overdue(self, w: _Worker) -> None:
+        if not w.ready.done():
+            w.ready.set_exception(PoolStartError(
+                f"a worker did not load its models within {self.startup_timeout_s:g} s (YOSO_STARTUP_TIMEOUT_S)"))
+            w.kill(Exit.start_timeout)
+
+    def _overran(self, w: _Worker) -> None:
+        if w.task is None or w.task.done():
+            return
+        seconds = time.monotonic() - w.task_started
+        log.error("inference worker %s has run one task for %.1f s, past the deadline of every request in it; "
+                  "killing and replacing it", w.process.pid, seconds)
+        w.task.set_exception(TaskOverran(f"the inference worker ran this task for {seconds:.1f} s and was replaced"))
+        w.kill(Exit.hung)
+
     def _on_exit(self, w: _Worker) -> None:
-        """A worker died: answer its task, forget it, and start a replacement."""
+        """A worker is gone: answer its task, forget it, and start a replacement."""
         if w not in self._workers:
             return
         _close(w)
+        if w.watchdog is not None:
+            w.watchdog.cancel()
         if w in self._idle:
             self._idle.remove(w)
         self._workers.remove(w)
@@ -222,8 +239,10 @@ class WorkerPool:
             w.task.set_exception(WorkerCrashed(f"the inference worker died{how}"))
         if self._closing:
             return
+        self.on_replaced(w.killed or Exit.died)
         delay = RESPAWN_DELAYS_S[min(self._failed_starts, len(RESPAWN_DELAYS_S) - 1)]
-        log.error("inference worker %s died%s; starting a replacement in %g s", w.process.pid, how, delay)
+        if w.killed is None:
+            log.error("inference worker %s died%s; starting a replacement in %g s", w.process.pid, how, delay)
         asyncio.get_running_loop().call_later(delay, self._replace)
 
     def _replace(self) -> None:

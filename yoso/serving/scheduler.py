@@ -1,11 +1,10 @@
-"""Which image runs when: a bounded queue in front of the worker pool, with same-model micro-batching.
+"""Which image runs when: a queue in front of the worker pool, with same-model micro-batching.
 
-A request waits here only while every worker is busy, and only if the queue has room and a worker is
-expected to take it soon (by default: it would wait behind a task past half its expected time); otherwise
-it is refused at once (Overloaded: 503). When a worker frees up, the oldest waiting request goes to it
-together with up to `max_batch_size - 1` later ones for the same model and confidence. With a batch delay,
-a lone request may wait that long for company while a worker sits idle. A request whose caller has given
-up (client gone, timeout) is dropped before it reaches a worker.
+Admission (yoso.serving.admission) decides which requests may wait here; the scheduler keeps them in order.
+When a worker frees up, the oldest waiting request goes to it together with up to `max_batch_size - 1`
+later ones for the same model and confidence. With a batch delay, a lone request may wait that long for
+company while a worker sits idle. A request whose caller has given up (client gone, timeout) is dropped
+before it reaches a worker.
 """
 
 from __future__ import annotations
@@ -14,17 +13,13 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from yoso.serving.pool import WorkerPool
 from yoso.serving.tasks import ImageJob, ImageOutcome, Task, TaskOutcome
 
 log = logging.getLogger(__name__)
-DEFAULT_WAIT_SHARE = 0.5  # without YOSO_MAX_QUEUE_WAIT_MS: queue only behind a task past half its expected time
-
-
-class Overloaded(RuntimeError):
-    """The queue is full; the caller should answer 503 with Retry-After."""
 
 
 @dataclass(eq=False)
@@ -32,8 +27,11 @@ class Job:
     model: str
     confidence: float
     image: ImageJob
+    deadline: float  # time.monotonic(): the server's bound on this request (the pool's watchdog uses it)
+    expected_wait_s: float  # what admission expected when it let the request queue
     future: asyncio.Future[tuple[ImageOutcome, TaskOutcome]]
     enqueued: float = field(default_factory=time.monotonic)
+    enqueued_ns: int = field(default_factory=time.time_ns)
 
     @property
     def batch_key(self) -> tuple[str, float]:
@@ -41,42 +39,31 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, pool: WorkerPool, max_queue: int, max_batch_size: int = 1, max_batch_delay_s: float = 0.0,
-                 max_wait_s: float | None = None):
+    def __init__(self, pool: WorkerPool, max_batch_size: int = 1, max_batch_delay_s: float = 0.0):
         self.pool = pool
-        self.max_queue = max_queue
-        self.max_wait_s = max_wait_s
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
         self._queue: deque[Job] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self.abandoned = 0
+        self.on_dispatched: Callable[[float, float], None] = lambda expected_s, waited_s: None
         pool.on_idle = self._dispatch
 
     @property
     def waiting(self) -> int:
         return sum(1 for job in self._queue if not job.future.done())
 
+    def waiting_models(self) -> list[str]:
+        """The model of every request waiting for a worker, oldest first."""
+        return [job.model for job in self._queue if not job.future.done()]
+
     def waiting_by_model(self) -> Counter[str]:
-        return Counter(job.model for job in self._queue if not job.future.done())
+        return Counter(self.waiting_models())
 
-    def admits(self, held: int) -> bool:
-        """Whether one more request may come in while `held` are in the server (running, waiting or on their way)."""
-        ahead = held - self.pool.size * self.max_batch_size
-        return ahead < 0 or self._may_wait(ahead)
-
-    def _may_wait(self, ahead: int) -> bool:
-        """A request may queue behind `ahead` others if the queue has room and a worker is expected soon enough."""
-        if ahead >= self.max_queue:
-            return False
-        free_in_s, running_s = self.pool.expected_free(ahead // self.max_batch_size)
-        return free_in_s <= (running_s * DEFAULT_WAIT_SHARE if self.max_wait_s is None else self.max_wait_s)
-
-    async def run(self, model: str, confidence: float, image: ImageJob) -> tuple[ImageOutcome, TaskOutcome]:
+    async def run(self, model: str, confidence: float, image: ImageJob, deadline: float,
+                  expected_wait_s: float) -> tuple[ImageOutcome, TaskOutcome]:
         """The outcome of one image, and of the task (batch) it ran in."""
-        if self.pool.idle == 0 and not self._may_wait(self.waiting):
-            raise Overloaded(f"no worker is expected free soon enough ({self.waiting} requests waiting)")
-        job = Job(model, confidence, image, asyncio.get_running_loop().create_future())
+        job = Job(model, confidence, image, deadline, expected_wait_s, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
         return await job.future  # cancelling this marks the job done: it is skipped, never run
@@ -120,11 +107,14 @@ class Scheduler:
     def _start(self, batch: list[Job]) -> None:
         head = batch[0]
         task = Task(head.model, head.confidence, tuple(job.image for job in batch), self.pool.threads_for_next_task())
-        running = self.pool.submit(task)
-        running.add_done_callback(lambda done: _settle(batch, done))
+        running = self.pool.submit(task, deadline=max(job.deadline for job in batch))
+        dispatched, dispatched_ns = time.monotonic(), time.time_ns()
+        for job in batch:
+            self.on_dispatched(job.expected_wait_s, dispatched - job.enqueued)
+        running.add_done_callback(lambda done: _settle(batch, done, dispatched_ns))
 
 
-def _settle(batch: list[Job], done: asyncio.Future[TaskOutcome]) -> None:
+def _settle(batch: list[Job], done: asyncio.Future[TaskOutcome], dispatched_ns: int) -> None:
     for i, job in enumerate(batch):
         if job.future.done():
             continue
@@ -132,4 +122,5 @@ def _settle(batch: list[Job], done: asyncio.Future[TaskOutcome]) -> None:
             job.future.set_exception(done.exception())  # type: ignore[arg-type]
         else:
             outcome = done.result()
+            outcome.images[i].queue = (job.enqueued_ns, dispatched_ns)
             job.future.set_result((outcome.images[i], outcome))

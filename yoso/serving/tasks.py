@@ -1,14 +1,37 @@
-"""What the server sends to an inference worker process and what comes back (all picklable)."""
+"""The unit of work: what the server sends to an inference worker process and what comes back (all
+picklable), and how a task running on a worker is seen from the server (Running)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from yoso.model.detector import Detection
 
 # (start, end) in time.time_ns(): a wall clock shared by all processes, so the server can turn a
 # worker's stages into spans and metrics after the fact.
 Interval = tuple[int, int]
+
+TaskKind = tuple[str, int, int]
+"""model, threads, images: what decides how long a task takes."""
+
+
+@dataclass(frozen=True)
+class Running:
+    """A task on a worker, as admission sees it."""
+
+    kind: TaskKind
+    started: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model_dir: Path
+    preload: list[str]
+    cores: int  # threads of a task that runs alone
+    busy_threads: int  # threads of a task that runs beside busy workers: its share of the cores
+    max_pixels: int
+    idle_priority: bool
 
 
 @dataclass(frozen=True)
@@ -24,6 +47,10 @@ class Task:
     images: tuple[ImageJob, ...]
     threads: int  # OpenCV threads for this task: all cores when it runs alone
 
+    @property
+    def kind(self) -> TaskKind:
+        return (self.model, self.threads, len(self.images))
+
 
 @dataclass
 class ImageOutcome:
@@ -31,6 +58,7 @@ class ImageOutcome:
     height: int = 0
     detections: list[Detection] = field(default_factory=list)
     jpeg: bytes | None = None
+    queue: Interval | None = None  # waiting for a worker, in the server (set by the scheduler)
     decode: Interval | None = None
     encode: Interval | None = None
     error: tuple[int, str] | None = None  # HTTP status and message for the client
@@ -51,6 +79,7 @@ class TaskOutcome:
 class WorkerReady:
     pid: int
     model_load_s: dict[str, float]
+    warm_task_s: dict[TaskKind, float]  # one blank image through each preloaded model, at each thread count
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 
 import cv2
 
@@ -19,7 +18,7 @@ from yoso.model.detector import DetectionModel
 from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
 from yoso.serving import wire
-from yoso.serving.tasks import ImageOutcome, Task, TaskOutcome, WorkerFailed, WorkerReady
+from yoso.serving.tasks import ImageOutcome, Task, TaskKind, TaskOutcome, WorkerConfig, WorkerFailed, WorkerReady
 
 # Workers keep every core busy under load, and must never delay the server process, which accepts, sheds
 # (503 in well under 5 ms) and answers meanwhile. Under SCHED_IDLE (Linux) any waking ordinary process takes
@@ -98,27 +97,43 @@ def _yield_to_the_server() -> None:
         os.nice(WORKER_NICENESS)
 
 
-def serve(server: socket.socket, model_dir: str, preload: list[str], threads: int, max_pixels: int,
-          idle_priority: bool) -> None:
+def _warm_task_s(models: ModelCache, thread_counts: set[int]) -> dict[TaskKind, float]:
+    """One blank image through each loaded model at each thread count: a first estimate of a task's time,
+    so that admission knows what a worker can do before the first request has run."""
+    timings = {}
+    for threads in sorted(thread_counts):
+        cv2.setNumThreads(threads)
+        for name, model in models.models.items():
+            started = time.perf_counter()
+            model.warm_up()
+            timings[(name, threads, 1)] = time.perf_counter() - started
+    return timings
+
+
+def serve(server: socket.socket, config: WorkerConfig) -> None:
     """Entry point of a worker process: load, report ready, then answer tasks until the server closes the socket."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when workers stop
-    if idle_priority:
+    # The server decides when workers stop (it closes their socket): a signal sent to the whole process group,
+    # Ctrl-C in a terminal or SIGTERM from systemd or a supervisor, must not cut short the tasks of its drain.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if config.idle_priority:
         _yield_to_the_server()
-    cv2.setNumThreads(threads)
+    cv2.setNumThreads(config.cores)
     try:
-        _load_then_answer(server, ModelCache(ModelStore(Path(model_dir))), preload, max_pixels)
+        _load_then_answer(server, ModelCache(ModelStore(config.model_dir)), config)
     except (EOFError, OSError):  # the server has finished with this worker, or is gone
         return
 
 
-def _load_then_answer(server: socket.socket, models: ModelCache, preload: list[str], max_pixels: int) -> None:
+def _load_then_answer(server: socket.socket, models: ModelCache, config: WorkerConfig) -> None:
     try:
-        loaded = {name: models.load(name) for name in preload}
+        loaded = {name: models.load(name) for name in config.preload}
+        warm_task_s = _warm_task_s(models, {config.busy_threads, config.cores})
     except Exception as error:  # noqa: BLE001 - reported to the server, which refuses to start
         wire.send(server, WorkerFailed(f"{type(error).__name__}: {error}"))
         return
-    wire.send(server, WorkerReady(os.getpid(), loaded))
-    worker = Worker(models, max_pixels)
+    wire.send(server, WorkerReady(os.getpid(), loaded, warm_task_s))
+    worker = Worker(models, config.max_pixels)
     while True:
         task: Task = wire.receive(server)
         try:
@@ -127,4 +142,3 @@ def _load_then_answer(server: socket.socket, models: ModelCache, preload: list[s
             message = f"inference failed: {type(error).__name__}: {error}"
             outcome = TaskOutcome([ImageOutcome(error=(500, message)) for _ in task.images])
         wire.send(server, outcome)
-

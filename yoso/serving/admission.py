@@ -1,0 +1,296 @@
+"""Admission: which requests come in, and which are refused at once, and why. The whole policy lives here.
+
+The rule is a time budget. A request is admitted while the time it is expected to wait for a worker fits
+its budget: `YOSO_MAX_QUEUE_WAIT_MS` (2 s by default), and less when its caller will not wait that long
+(`X-Yoso-Timeout-Ms`, or the server's `YOSO_REQUEST_TIMEOUT_S`): then the wait and its own task must fit.
+The expected wait comes from what the workers run now and what waits before it, at the task times the
+workers have shown: learned per kind of task (model, threads, images), seeded by each worker's warm-up.
+It is stretched by how far recent waits ran past their expectation (the 99th percentile of actual /
+expected), so that the budget bounds nearly every wait, not the average one, however noisy the host.
+Two hard caps stand beside it: `YOSO_MAX_QUEUE` requests waiting (memory: each holds its upload) and
+`YOSO_MAX_UPLOADS` uploads still arriving (slow senders hold those places, never a worker).
+
+A request is checked at the edge, before a byte of its upload is read, and once more when its upload has
+arrived, before it is queued (other uploads may have arrived meanwhile).
+
+Refusals are cheap, not free. Most clients resend at once after a 503, so a few dozen of them refused
+together would make the server answer thousands of refusals a second and leave the workers no CPU. So
+refusals are answered at once up to a rate, a few times what the workers serve, and past it each is held
+its turn (at most the wait budget) before it is answered: a client that ignores Retry-After waits anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from yoso.serving.tasks import Running, TaskKind
+
+RETRY_AFTER_S = 1  # short: refused clients that come back together should find the queue still busy
+REFUSALS_PER_SERVED = 4.0  # refusals answered at once per image/s the workers can serve ...
+MIN_REFUSALS_PER_S = 20.0  # ... and at least this many, however slow the model
+REFUSAL_BURST_S = 1.0  # a second's worth of refusals may come at once before any is held
+
+
+class Reason(str, Enum):
+    """Why a request was refused (the `reason` label of yoso_requests_shed_total)."""
+
+    budget = "budget"  # it would wait longer than its budget
+    queue_cap = "queue_cap"  # YOSO_MAX_QUEUE requests already wait
+    uploads = "uploads"  # YOSO_MAX_UPLOADS uploads are already arriving
+    draining = "draining"  # shutting down
+    starting = "starting"  # no worker has loaded its models yet
+
+
+class Refused(Exception):
+    """A request refused at once: answer 503 with `Retry-After: RETRY_AFTER_S` and `detail`."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class Workers(Protocol):
+    """What admission reads of the worker pool."""
+
+    def running(self) -> list[Running | None]:
+        """One entry per worker that can take tasks: its task, or None while it is idle."""
+
+
+class Queue(Protocol):
+    """What admission reads of the queue in front of the workers."""
+
+    def waiting_models(self) -> list[str]:
+        """The model of every request waiting for a worker, oldest first."""
+
+
+class TaskTimes:
+    """How long a task takes, from handing it to a worker to its outcome: a moving average per kind."""
+
+    SMOOTHING = 0.1  # weight of the newest task: follows a host that slows down within a second or so of tasks
+    OUTLIER = 3.0  # a task counts at most this many times the expectation: one huge image must not move it far
+
+    def __init__(self) -> None:
+        self._seconds: dict[TaskKind, float] = {}
+
+    def known(self) -> dict[TaskKind, float]:
+        return dict(self._seconds)
+
+    def expected_s(self, kind: TaskKind) -> float:
+        """The learned time of this kind; else the model's single-image time at these threads, times the
+        images; 0 when nothing of the model at these threads is known yet (admission then goes by the caps)."""
+        if kind in self._seconds:
+            return self._seconds[kind]
+        model, threads, images = kind
+        return self._seconds.get((model, threads, 1), 0.0) * images
+
+    def record(self, kind: TaskKind, seconds: float) -> None:
+        known = self._seconds.get(kind)
+        if known is None:
+            self._seconds[kind] = seconds
+        else:
+            self._seconds[kind] = known + self.SMOOTHING * (min(seconds, self.OUTLIER * known) - known)
+
+    def seed(self, kind: TaskKind, seconds: float) -> None:
+        """A first estimate (a worker's warm-up) of a kind nothing is known of yet; real tasks then move it."""
+        self._seconds.setdefault(kind, seconds)
+
+
+class WaitMargin:
+    """How far actual waits run past their expectation: the 99th percentile of actual / expected over the
+    waits of the last minute that were expected to take a good part of the budget (shorter ones are not at
+    stake). Old waits age out, so a slow spell stretches expectations for a minute at most."""
+
+    WINDOW_S = 60.0
+    MIN_SAMPLES = 32  # until then, 1: the expectation alone decides
+    MAX_FACTOR = 2.0  # past it the task times themselves are wrong, and they are learned apart
+    SHARE_OF_BUDGET = 0.25  # waits expected shorter than this share of the budget teach nothing
+
+    def __init__(self, budget_s: float, clock: Callable[[], float]) -> None:
+        self.min_expected_s = budget_s * self.SHARE_OF_BUDGET
+        self.clock = clock
+        self._ratios: deque[tuple[float, float]] = deque()  # (when, actual / expected), oldest first
+
+    def record(self, expected_s: float, actual_s: float) -> None:
+        if expected_s >= self.min_expected_s:
+            self._ratios.append((self.clock(), actual_s / expected_s))
+
+    def factor(self) -> float:
+        """What to multiply an expected wait by (1 to MAX_FACTOR) so that 99 in 100 actual waits are shorter."""
+        while self._ratios and self._ratios[0][0] < self.clock() - self.WINDOW_S:
+            self._ratios.popleft()
+        if len(self._ratios) < self.MIN_SAMPLES:
+            return 1.0
+        ordered = sorted(ratio for _, ratio in self._ratios)
+        return min(self.MAX_FACTOR, max(1.0, ordered[int(0.99 * len(ordered))]))
+
+
+class RefusalPace:
+    """A rate for answering refusals: a second's worth at once, then each one at its turn.
+
+    The generic cell rate algorithm: `_due` is when the refusals answered so far would have gone out at
+    exactly the rate; a refusal is held for as much as that runs ahead of now, less the burst allowance.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._due = -math.inf
+
+    def delay_s(self, rate_per_s: float, max_hold_s: float) -> float:
+        """How long to hold the refusal being answered now (0: at once), never more than `max_hold_s`."""
+        now = self.clock()
+        due = max(self._due, now)
+        self._due = min(due + 1 / rate_per_s, now + REFUSAL_BURST_S + max_hold_s)
+        return min(max(0.0, due - now - REFUSAL_BURST_S), max_hold_s)
+
+
+@dataclass(eq=False)
+class Ticket:
+    """An admitted request: what it asks for, when its caller stops waiting, and whether it is still uploading."""
+
+    model: str
+    admitted: float  # on the admission's clock (time.monotonic())
+    deadline: float  # the caller's timeout or the server's, whichever is sooner
+    hard_deadline: float  # the server's own bound; a task running past all its requests' gets its worker killed
+    clock: Callable[[], float] = field(repr=False)
+    on_upload_done: Callable[[], None] = field(repr=False)
+    uploading: bool = True
+
+    @property
+    def timeout_s(self) -> float:
+        return self.deadline - self.admitted
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.deadline - self.clock())
+
+    def upload_done(self) -> None:
+        """The upload has arrived (or will not): the request no longer holds an upload place."""
+        if self.uploading:
+            self.uploading = False
+            self.on_upload_done()
+
+
+class Admission:
+    """The policy: `enter` at the edge, `recheck` before queueing, `waited` after, `hold_refusal` on a 503."""
+
+    def __init__(self, workers: Workers, queue: Queue, times: TaskTimes, *, budget_s: float, max_queue: int,
+                 max_uploads: int, request_timeout_s: float, busy_threads: int, max_batch_size: int = 1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.workers = workers
+        self.queue = queue
+        self.times = times
+        self.budget_s = budget_s
+        self.max_queue = max_queue
+        self.max_uploads = max_uploads
+        self.request_timeout_s = request_timeout_s
+        self.busy_threads = busy_threads  # threads of a task that starts beside busy workers (cores / workers)
+        self.max_batch_size = max_batch_size
+        self.clock = clock
+        self.margin = WaitMargin(budget_s, clock)
+        self.closed: Reason | None = Reason.starting  # the service opens admission once the workers are ready
+        self.uploading = 0
+        self.held = 0  # refusals being held now
+        self._pace = RefusalPace(clock)
+
+    def enter(self, model: str, timeout_s: float | None = None) -> Ticket:
+        """Admit a request at the edge, before its upload is read; Refused if it may not come in."""
+        now = self.clock()
+        timeout_s = self.request_timeout_s if timeout_s is None else min(timeout_s, self.request_timeout_s)
+        if self.closed is not None:
+            state = "shutting down" if self.closed is Reason.draining else "loading its models"
+            raise Refused(self.closed, f"The server is {state}; retry shortly.")
+        if not self.workers.running():
+            raise Refused(Reason.starting, "No inference worker is running (a replacement is starting); retry shortly.")
+        if self.uploading >= self.max_uploads:
+            raise Refused(Reason.uploads, f"The server is at capacity: {self.uploading} uploads are arriving "
+                                          f"(YOSO_MAX_UPLOADS); retry after the Retry-After delay.")
+        self._check(model, timeout_s)
+        self.uploading += 1
+        return Ticket(model, now, now + timeout_s, now + self.request_timeout_s, self.clock, self._upload_done)
+
+    def recheck(self, ticket: Ticket) -> float:
+        """Check again once the upload has arrived, just before the request is queued; Refused if it may no
+        longer wait (other uploads arrived meanwhile). A request admitted before a drain began, or before its
+        worker died, is served all the same. Returns its expected wait: tell `waited` how long it took."""
+        if not self.workers.running():
+            return 0.0  # a replacement is starting: it waits for it, within its deadline
+        return self._check(ticket.model, ticket.remaining_s())
+
+    def waited(self, expected_s: float, actual_s: float) -> None:
+        """A request waited `actual_s` for a worker where `expected_s` was expected: the margin learns from it."""
+        self.margin.record(expected_s, actual_s)
+
+    def expected_wait_s(self, running: Sequence[Running | None], waiting: Sequence[str]) -> float:
+        """When a worker is expected to take a request queued now behind `waiting`: every worker runs its task
+        to its expected end, then the waiting requests in order (in batches), each on the worker free first."""
+        now = self.clock()
+        free_at = [0.0 if task is None else max(0.0, task.started + self.times.expected_s(task.kind) - now)
+                   for task in running]
+        if not free_at:
+            return math.inf
+        heapq.heapify(free_at)
+        for model, images in self._batches(waiting):
+            heapq.heapreplace(free_at, free_at[0] + self.times.expected_s((model, self.busy_threads, images)))
+        return free_at[0]
+
+    def capacity_per_s(self) -> float:
+        """Images per second the workers are expected to serve when all are busy (0 while unknown)."""
+        rates = [1 / seconds for (_, threads, images), seconds in self.times.known().items()
+                 if threads == self.busy_threads and images == 1 and seconds > 0]
+        return len(self.workers.running()) * sum(rates) / len(rates) if rates else 0.0
+
+    def refusal_delay_s(self) -> float:
+        """How long to hold the refusal being answered now: 0 up to a rate of refusals, its turn past it."""
+        rate = max(MIN_REFUSALS_PER_S, REFUSALS_PER_SERVED * self.capacity_per_s())
+        return self._pace.delay_s(rate, max_hold_s=self.budget_s)
+
+    async def hold_refusal(self) -> None:
+        """Wait this refusal's turn (see refusal_delay_s) before its 503 goes out."""
+        delay = self.refusal_delay_s()
+        if delay <= 0:
+            return
+        self.held += 1
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self.held -= 1
+
+    def _check(self, model: str, timeout_s: float) -> float:
+        """Refused unless the request may wait (the caps, the budget); else its expected wait."""
+        running = self.workers.running()
+        waiting = self.queue.waiting_models()
+        would_wait = len(waiting) + 1 - sum(1 for task in running if task is None)
+        if would_wait > self.max_queue:
+            raise Refused(Reason.queue_cap, f"The server is at capacity: {len(waiting)} requests wait for a worker "
+                                            f"(YOSO_MAX_QUEUE); retry after the Retry-After delay.")
+        expected_s = self.expected_wait_s(running, waiting)
+        wait_s = expected_s * self.margin.factor()
+        allowed_s = min(self.budget_s, timeout_s - self.times.expected_s((model, self.busy_threads, 1)))
+        if wait_s > allowed_s:
+            bound = ("its wait budget (YOSO_MAX_QUEUE_WAIT_MS)" if allowed_s == self.budget_s
+                     else "what its timeout leaves after its own inference")
+            raise Refused(Reason.budget, f"The server is at capacity: a worker may not be free for "
+                                         f"{wait_s * 1000:.0f} ms, past {bound}, {max(0.0, allowed_s) * 1000:.0f} ms; "
+                                         f"retry after the Retry-After delay.")
+        return expected_s
+
+    def _batches(self, waiting: Sequence[str]) -> list[tuple[str, int]]:
+        """The waiting requests as the tasks they will run in: (model, images), oldest first."""
+        if self.max_batch_size == 1:
+            return [(model, 1) for model in waiting]
+        batches: list[tuple[str, int]] = []
+        for model, count in Counter(waiting).items():
+            full, rest = divmod(count, self.max_batch_size)
+            batches += [(model, self.max_batch_size)] * full + ([(model, rest)] if rest else [])
+        return batches
+
+    def _upload_done(self) -> None:
+        self.uploading -= 1
