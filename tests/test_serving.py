@@ -66,7 +66,7 @@ def detect(live: LiveServer, headers: dict[str, str] | None = None) -> httpx.Res
                       timeout=60)
 
 
-def waiting(live: LiveServer) -> float:
+def waiting_for_a_worker(live: LiveServer) -> float:
     with httpx.Client(base_url=live.url, timeout=10) as http:
         return value(scrape(http), "yoso_requests_waiting", model="yolov3-tiny")
 
@@ -133,6 +133,31 @@ def test_a_request_expected_to_wait_past_the_budget_is_refused_at_once_with_retr
     assert refusals(live) == Counter(budget=statuses[503])
 
 
+def test_a_request_admitted_from_its_head_is_checked_again_once_its_upload_has_arrived(start):
+    """Its head came while the worker was idle; by the time its upload arrived, the queue was full (the worker,
+    stopped, keeps it full until resumed)."""
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="2", YOSO_MAX_QUEUE_WAIT_MS="60000")
+    [worker] = inference_workers(live.process.pid)
+    body, content_type = multipart(image_bytes(IMAGE))
+    with socket.create_connection(("127.0.0.1", live.port), timeout=30) as slow:
+        slow.sendall(f"POST /count_objects HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1000])
+
+        async def fill_the_queue_then_finish_the_upload() -> tuple[list[httpx.Response], bytes]:
+            worker.suspend()
+            queued = asyncio.ensure_future(burst(live.url, 3))  # one on the stopped worker, two waiting
+            assert await asyncio.to_thread(eventually, lambda: waiting_for_a_worker(live) == 2)
+            slow.sendall(body[1000:])
+            answer = await asyncio.to_thread(read_http_response, slow)
+            worker.resume()
+            return await queued, answer
+
+        responses, answer = asyncio.run(fill_the_queue_then_finish_the_upload())
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"YOSO_MAX_QUEUE" in answer
+    assert [r.status_code for r in responses] == [200] * 3
+    assert refusals(live) == Counter(queue_cap=1)
+
+
 def test_past_the_queue_cap_requests_are_refused_whatever_the_budget(start):
     live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="1", YOSO_MAX_QUEUE_WAIT_MS="60000")
     responses = asyncio.run(burst(live.url, 12))
@@ -197,7 +222,7 @@ def test_a_caller_timeout_shorter_than_the_queue_is_refused_while_a_patient_call
 
     async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
         queued = asyncio.ensure_future(burst(live.url, 24))  # one worker: a second or more of work
-        await asyncio.to_thread(eventually, lambda: waiting(live) >= 10)
+        assert await asyncio.to_thread(eventually, lambda: waiting_for_a_worker(live) >= 10)
         async with httpx.AsyncClient(base_url=live.url, timeout=60) as http:
             hasty = await http.post("/count_objects", files={"file": (IMAGE, image_bytes(IMAGE))},
                                     headers={TIMEOUT_HEADER: "150"})
@@ -291,7 +316,7 @@ def test_a_worker_that_dies_mid_request_is_answered_and_replaced(start):
 
     async def scenario() -> list[httpx.Response]:
         inflight = asyncio.ensure_future(burst(live.url, 8))
-        await asyncio.to_thread(eventually, lambda: waiting(live) >= 5)  # every request in, one of them running
+        assert await asyncio.to_thread(eventually, lambda: waiting_for_a_worker(live) >= 5)  # one runs, the rest wait
         worker.kill()
         return await inflight
 

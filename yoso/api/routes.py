@@ -110,12 +110,14 @@ async def _detect(request: Request, service: InferenceService, confidence: float
         if disconnected in done:
             raise ApiError(499, "The client closed the connection.")
         raise ApiError(504, f"The request took longer than {timeout_s:g} s.")
+    if isinstance(refusal := inference.exception(), Refused):  # other uploads arrived: it may no longer wait
+        reason, detail = refusal.reason, refusal.detail
+        del data, inference, refusal  # a held refusal keeps no upload in memory (its traceback held one)
+        service.shed(reason)
+        await service.admission.hold_refusal()
+        raise ApiError(503, detail, {"Retry-After": str(RETRY_AFTER_S)})
     try:
         image, task = inference.result()
-    except Refused as refusal:  # other uploads arrived meanwhile: it may no longer wait
-        service.shed(refusal.reason)
-        await service.admission.hold_refusal()
-        raise ApiError(503, refusal.detail, {"Retry-After": str(RETRY_AFTER_S)}) from None
     except WorkerCrashed as error:
         raise ApiError(500, f"{error}; the image was not processed. A new worker is starting.") from None
     except TaskOverran as error:

@@ -89,10 +89,11 @@ def _markdown(rows: list[dict], raw_limit: float, latency_ms: float, header: str
     def ms(value: float) -> str:
         return "-" if math.isnan(value) else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
-    lines = [header, "", "| load | images/s | x raw limit | p50 ms | p99 ms | refused (503) | refusal p99 ms | errors |",
+    lines = [header, "",
+             "| load | images/s | x raw limit | p50 ms | p99 ms | refused (503) | refusal p99 ms | errors |",
              "|---|---|---|---|---|---|---|---|",
-             f"| raw limit: decode + detect in-process, best layout | {raw_limit:.1f} | 1 | {latency_ms:.0f} (one image) "
-             f"| | | | |"]
+             f"| raw limit: decode + detect in-process, best layout | {raw_limit:.1f} | 1 "
+             f"| {latency_ms:.0f} (one image) | | | | |"]
     for row in rows:
         refused = f"{row['refused']} ({row['refused_share']:.1%})" if row["refused"] else "0"
         lines.append(f"| {row['phase']} | {row['images_per_s']:.1f} | {row['x_raw']:.2f} | {ms(row['p50_ms'])} | "
@@ -156,7 +157,8 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
                f"phase, {rounds} rounds, wait budget {budget_s:g} s")
 
     click.echo("raw model, in-process (decode + detect, no HTTP):")
-    layouts = [one_net_all_cores(model, files, images, cores, seconds), nets_per_core(model, files, images, cores, seconds)]
+    layouts = [one_net_all_cores(model, files, images, cores, seconds),
+               nets_per_core(model, files, images, cores, seconds)]
     for layout in layouts:
         click.echo(f"  {layout.layout:26s} {layout.images_per_s:5.1f} img/s")
     best_layout = nets_per_core if layouts[1].images_per_s >= layouts[0].images_per_s else one_net_all_cores
@@ -193,7 +195,8 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
     task_ms = 1000 * cores / raw_limit  # one image on one core's share, as a busy worker runs it
     checks = _targets({row["phase"]: row for row in rows}, latency_ms, budget_s, task_ms)
     for check in checks:
-        click.echo(f"  {'met' if check.met else 'MISSED':6s} {check.name}: {check.value:.3f} {check.op} {check.bound:g}")
+        verdict = "met" if check.met else "MISSED"
+        click.echo(f"  {verdict:6s} {check.name}: {check.value:.3f} {check.op} {check.bound:g}")
 
     when = time.strftime("%Y-%m-%d")
     machine = f"{cores} cores ({platform.processor() or platform.machine()}), OpenCV {cv2.__version__}"
