@@ -141,7 +141,7 @@ def test_the_margin_ignores_short_waits_and_never_shrinks_or_more_than_doubles_a
     assert margin.factor() == WaitMargin.MAX_FACTOR
 
 
-def test_a_slow_spell_stretches_expectations_for_a_minute_at_most():
+def test_a_slow_spell_stretches_expectations_for_half_a_minute_at_most():
     """Were old waits kept, a factor over 4 would let no request expected to wait a quarter of the budget in,
     so none would ever be recorded again, and the factor would never come down."""
     clock = Clock()

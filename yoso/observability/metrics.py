@@ -156,7 +156,7 @@ class ServingState(Collector):
             expected.add_metric([model, str(threads), str(images)], seconds)
         yield expected
         yield GaugeMetricFamily("yoso_queue_wait_margin_ratio", "What admission multiplies expected waits by: "
-                                "the 99th percentile of actual / expected wait in the last minute (1 to 2).",
+                                "the 99th percentile of actual / expected wait in the last 30 s (1 to 2).",
                                 value=self.admission.margin.factor())
 
 

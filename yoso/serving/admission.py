@@ -106,10 +106,10 @@ class TaskTimes:
 
 class WaitMargin:
     """How far actual waits run past their expectation: the 99th percentile of actual / expected over the
-    waits of the last minute that were expected to take a good part of the budget (shorter ones are not at
-    stake). Old waits age out, so a slow spell stretches expectations for a minute at most."""
+    waits of the last half minute that were expected to take a good part of the budget (shorter ones are not at
+    stake). Old waits age out, so a slow spell stretches expectations for half a minute at most."""
 
-    WINDOW_S = 60.0
+    WINDOW_S = 30.0
     MIN_SAMPLES = 32  # until then, 1: the expectation alone decides
     MAX_FACTOR = 2.0  # past it the task times themselves are wrong, and they are learned apart
     SHARE_OF_BUDGET = 0.25  # waits expected shorter than this share of the budget teach nothing
