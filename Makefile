@@ -16,7 +16,7 @@ test: install-dev models system-deps
 	$(PY) -m pytest
 
 bench: models
-	$(PY) -m yoso.bench
+	$(PY) -m yoso.bench --markdown
 
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev

@@ -46,7 +46,7 @@ class Reason(str, Enum):
     queue_cap = "queue_cap"  # YOSO_MAX_QUEUE requests already wait
     uploads = "uploads"  # YOSO_MAX_UPLOADS uploads are already arriving
     draining = "draining"  # shutting down
-    starting = "starting"  # no worker has loaded its models yet
+    starting = "starting"  # the models are still loading, or every worker is being replaced
 
 
 class Refused(Exception):
@@ -106,8 +106,8 @@ class TaskTimes:
 
 class WaitMargin:
     """How far actual waits run past their expectation: the 99th percentile of actual / expected over the
-    waits of the last half minute that were expected to take a good part of the budget (shorter ones are not at
-    stake). Old waits age out, so a slow spell stretches expectations for half a minute at most."""
+    waits of the last half minute that were expected to take a good part of the budget (shorter ones are
+    not at stake). Old waits age out, so a slow spell stretches expectations for half a minute at most."""
 
     WINDOW_S = 30.0
     MIN_SAMPLES = 32  # until then, 1: the expectation alone decides
@@ -118,19 +118,23 @@ class WaitMargin:
         self.min_expected_s = budget_s * self.SHARE_OF_BUDGET
         self.clock = clock
         self._ratios: deque[tuple[float, float]] = deque()  # (when, actual / expected), oldest first
+        self._factor: float | None = 1.0  # None: to work out again (every admission check asks for it)
 
     def record(self, expected_s: float, actual_s: float) -> None:
         if expected_s >= self.min_expected_s:
             self._ratios.append((self.clock(), actual_s / expected_s))
+            self._factor = None
 
     def factor(self) -> float:
         """What to multiply an expected wait by (1 to MAX_FACTOR) so that 99 in 100 actual waits are shorter."""
         while self._ratios and self._ratios[0][0] < self.clock() - self.WINDOW_S:
             self._ratios.popleft()
-        if len(self._ratios) < self.MIN_SAMPLES:
-            return 1.0
-        ordered = sorted(ratio for _, ratio in self._ratios)
-        return min(self.MAX_FACTOR, max(1.0, ordered[int(0.99 * len(ordered))]))
+            self._factor = None
+        if self._factor is None:
+            ordered = sorted(ratio for _, ratio in self._ratios)
+            self._factor = 1.0 if len(ordered) < self.MIN_SAMPLES else min(
+                self.MAX_FACTOR, max(1.0, ordered[int(0.99 * len(ordered))]))
+        return self._factor
 
 
 class RefusalPace:
