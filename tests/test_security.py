@@ -142,11 +142,13 @@ def test_the_openapi_schema_declares_the_schemes_and_401_on_guarded_operations(h
 
 
 def test_cors_preflight_is_answered_for_the_configured_origin_only(http):
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, x-api-key"}
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, x-api-key, x-yoso-timeout-ms"}
     allowed = http.options("/detect", headers={"Origin": ORIGIN, **preflight})
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == ORIGIN
-    assert {"authorization", "x-api-key"} <= set(allowed.headers["access-control-allow-headers"].lower().split(", "))
+    allowed_headers = set(allowed.headers["access-control-allow-headers"].lower().split(", "))
+    assert {"authorization", "x-api-key", "x-yoso-timeout-ms"} <= allowed_headers
     refused = http.options("/detect", headers={"Origin": "https://evil.example", **preflight})
     assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
 
