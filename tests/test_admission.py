@@ -142,8 +142,8 @@ def test_the_margin_ignores_short_waits_and_never_shrinks_or_more_than_doubles_a
 
 
 def test_a_slow_spell_stretches_expectations_for_half_a_minute_at_most():
-    """Were old waits kept, a factor over 4 would let no request expected to wait a quarter of the budget in,
-    so none would ever be recorded again, and the factor would never come down."""
+    """Were old waits kept, a factor stretched far enough would let no request expected to wait a good part of
+    the budget in, so no such wait would ever be recorded again, and the factor would never come down."""
     clock = Clock()
     gate = admission(clock, Workers(busy_since(clock, 0.0)), Queue(11))
     for _ in range(40):

@@ -7,7 +7,7 @@ import multiprocessing
 import time
 
 from tests.support import EXPECTED_COUNTS, image_bytes
-from yoso.serving.pool import WorkerPool
+from yoso.serving.pool import Exit, TaskOverran, WorkerPool
 from yoso.serving.tasks import ImageJob, Running, Task, WorkerConfig
 
 IMAGE = "dog_person_horse.jpg"
@@ -59,3 +59,33 @@ def test_the_pool_reports_its_warm_up_what_each_worker_runs_and_how_long_each_ta
     assert busy == [Running(("yolov3-tiny", 1, 1), busy[0].started)] and submitted <= busy[0].started
     [(kind, seconds)] = done
     assert kind == ("yolov3-tiny", 1, 1) and 0.005 < seconds <= elapsed
+
+
+def test_a_task_past_its_deadline_is_answered_overran_and_its_worker_replaced(model_store):
+    async def overrun():
+        pool = one_worker(model_store)
+        replaced = []
+        pool.on_replaced = replaced.append
+        await pool.start()
+        [first] = multiprocessing.active_children()
+        try:
+            running = pool.submit(TASK, deadline=time.monotonic())  # already past: the watchdog fires at once
+            try:
+                await running
+                outcome = None
+            except TaskOverran as error:
+                outcome = error
+            await asyncio.wait_for(_until(lambda: pool.idle == 1), 60)  # the replacement has loaded its models
+            return outcome, replaced, first.exitcode, await pool.submit(TASK, deadline=time.monotonic() + 30)
+        finally:
+            await pool.stop()
+
+    overran, replaced, exit_code, served = asyncio.run(overrun())
+    assert isinstance(overran, TaskOverran) and replaced == [Exit.hung]
+    assert exit_code == -9  # killed, and reaped: no zombie
+    assert served.images[0].detections
+
+
+async def _until(check) -> None:
+    while not check():
+        await asyncio.sleep(0.01)

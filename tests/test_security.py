@@ -160,6 +160,7 @@ def test_cors_headers_reach_browsers_on_answers_and_refusals_alike(http):
     for response in (ok, refused):
         assert response.headers["access-control-allow-origin"] == ORIGIN
     assert "WWW-Authenticate" in refused.headers["access-control-expose-headers"]
+    assert "X-Yoso-Counts" in ok.headers["access-control-expose-headers"]  # what /predict drew
     other = http.get("/models", headers={"Origin": "https://evil.example", "X-API-Key": KEYS[0]})
     assert "access-control-allow-origin" not in other.headers
 

@@ -66,6 +66,11 @@ def detect(live: LiveServer, headers: dict[str, str] | None = None) -> httpx.Res
                       timeout=60)
 
 
+def in_flight(live: LiveServer) -> float:
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        return value(scrape(http), "yoso_requests_in_flight")
+
+
 def waiting_for_a_worker(live: LiveServer) -> float:
     with httpx.Client(base_url=live.url, timeout=10) as http:
         return value(scrape(http), "yoso_requests_waiting", model="yolov3-tiny")
@@ -144,6 +149,7 @@ def test_a_request_admitted_from_its_head_is_checked_again_once_its_upload_has_a
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1000])
 
         async def fill_the_queue_then_finish_the_upload() -> tuple[list[httpx.Response], bytes]:
+            assert await asyncio.to_thread(eventually, lambda: in_flight(live) == 1)  # admitted, uploading
             worker.suspend()
             queued = asyncio.ensure_future(burst(live.url, 3))  # one on the stopped worker, two waiting
             assert await asyncio.to_thread(eventually, lambda: waiting_for_a_worker(live) == 2)

@@ -112,7 +112,7 @@ async def _detect(request: Request, service: InferenceService, confidence: float
         raise ApiError(504, f"The request took longer than {timeout_s:g} s.")
     if isinstance(refusal := inference.exception(), Refused):  # other uploads arrived: it may no longer wait
         reason, detail = refusal.reason, refusal.detail
-        del data, inference, refusal  # a held refusal keeps no upload in memory (its traceback held one)
+        del data, inference, done, refusal  # a held refusal keeps no upload in memory (its traceback held one)
         service.shed(reason)
         await service.admission.hold_refusal()
         raise ApiError(503, detail, {"Retry-After": str(RETRY_AFTER_S)})

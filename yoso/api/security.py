@@ -24,12 +24,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from yoso.api.admission import TIMEOUT_HEADER
 from yoso.api.errors import error_response
+from yoso.api.routes import COUNTS_HEADER
 from yoso.config import METRICS_PATH, Settings
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 API_KEY_HEADER = "X-API-Key"
 CORS_ALLOWED_HEADERS = ("Authorization", API_KEY_HEADER, "Content-Type", TIMEOUT_HEADER)
-CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate")
+CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate", COUNTS_HEADER)
 
 
 def _digest(secret: bytes) -> bytes:

@@ -156,8 +156,8 @@ class ServingState(Collector):
             expected.add_metric([model, str(threads), str(images)], seconds)
         yield expected
         yield GaugeMetricFamily("yoso_queue_wait_margin_ratio", "What admission multiplies expected waits by: "
-                                "the 99th percentile of actual / expected wait in the last 30 s (1 to 2).",
-                                value=self.admission.margin.factor())
+                                "the 99th percentile of actual / expected wait in the last 30 s (1 to 2), as last applied.",
+                                value=self.admission.margin.last)
 
 
 def _per_model_gauge(name: str, documentation: str, value_of: Callable[[str], float]) -> GaugeMetricFamily:

@@ -119,6 +119,7 @@ class WaitMargin:
         self.clock = clock
         self._ratios: deque[tuple[float, float]] = deque()  # (when, actual / expected), oldest first
         self._factor: float | None = 1.0  # None: to work out again (every admission check asks for it)
+        self.last = 1.0  # the factor last applied: /metrics reads it from another thread
 
     def record(self, expected_s: float, actual_s: float) -> None:
         if expected_s >= self.min_expected_s:
@@ -134,6 +135,7 @@ class WaitMargin:
             ordered = sorted(ratio for _, ratio in self._ratios)
             self._factor = 1.0 if len(ordered) < self.MIN_SAMPLES else min(
                 self.MAX_FACTOR, max(1.0, ordered[int(0.99 * len(ordered))]))
+        self.last = self._factor
         return self._factor
 
 

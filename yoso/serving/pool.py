@@ -26,7 +26,7 @@ from yoso.serving.tasks import Running, Task, TaskKind, TaskOutcome, WorkerConfi
 log = logging.getLogger(__name__)
 _SPAWN = multiprocessing.get_context("spawn")  # never fork a process that holds threads
 RESPAWN_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after consecutive start-up failures
-EXIT_WAIT_S = 5.0  # how long a worker whose socket closed may take to exit (stop() kills it after as long)
+EXIT_WAIT_S = 5.0  # how long a worker whose socket closed may take to exit before it is killed
 
 
 class Exit(str, Enum):
@@ -142,10 +142,8 @@ class WorkerPool:
             else:
                 _close(w)
         for w in stopping:
-            await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
-            if w.process.is_alive():
-                w.process.kill()
-        self._workers.clear()
+            await _reap(w)
+            self._on_exit(w)  # whatever it left unanswered is answered now (no replacement: closing)
 
     def _spawn(self) -> _Worker:
         loop = asyncio.get_running_loop()
@@ -170,12 +168,12 @@ class WorkerPool:
         except Exception:  # a message that cannot be read or handled: the worker's state is unknown
             log.exception("inference worker %s sent a message that failed; replacing the worker", w.process.pid)
             w.kill(Exit.died)
-        if not self._closing:  # its socket closed as it exits: reap it (no zombie) and learn its exit code
-            await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
         self._on_exit(w)
+        if not self._closing:  # stop() reaps the workers it stops
+            await _reap(w)
 
     def _on_message(self, w: _Worker, message: object) -> None:
-        if w not in self._workers or w.killed:
+        if w not in self._workers or w.killed is not None:
             return
         if isinstance(message, WorkerReady):
             w.watchdog.cancel()
@@ -255,6 +253,14 @@ class WorkerPool:
 def _log_failed_start(ready: asyncio.Future[WorkerReady]) -> None:
     if ready.exception() is not None:
         log.error("a replacement worker failed to start: %s", ready.exception())
+
+
+async def _reap(w: _Worker) -> None:
+    """Wait for a worker whose socket has closed to exit, so that no zombie is left; kill it if it lingers."""
+    await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
+    if w.process.is_alive():
+        w.process.kill()
+        await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
 
 
 def _close(w: _Worker) -> None:

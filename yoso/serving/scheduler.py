@@ -46,7 +46,7 @@ class Scheduler:
         self._queue: deque[Job] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self.abandoned = 0
-        self.on_dispatched: Callable[[float, float], None] = lambda expected_s, waited_s: None
+        self.on_waited: Callable[[float, float], None] = lambda expected_s, waited_s: None
         pool.on_idle = self._dispatch
 
     @property
@@ -54,8 +54,9 @@ class Scheduler:
         return sum(1 for job in self._queue if not job.future.done())
 
     def waiting_models(self) -> list[str]:
-        """The model of every request waiting for a worker, oldest first."""
-        return [job.model for job in self._queue if not job.future.done()]
+        """The model of every request waiting for a worker, oldest first. (Read by /metrics from a thread:
+        the queue is copied at once, never iterated while the event loop may change it.)"""
+        return [job.model for job in tuple(self._queue) if not job.future.done()]
 
     def waiting_by_model(self) -> Counter[str]:
         return Counter(self.waiting_models())
@@ -79,10 +80,14 @@ class Scheduler:
             self._start(batch)
 
     def _drop_abandoned(self) -> None:
-        """Forget requests whose caller stopped waiting (client gone, timeout) before they ran."""
+        """Forget requests whose caller stopped waiting (client gone, timeout) before they ran. A wait already
+        past its expectation is reported all the same: the longest waits must not go unseen."""
         abandoned = [job for job in self._queue if job.future.done()]
+        now = time.monotonic()
         for job in abandoned:
             self._queue.remove(job)
+            if now - job.enqueued > job.expected_wait_s:
+                self.on_waited(job.expected_wait_s, now - job.enqueued)
         if abandoned:
             self.abandoned += len(abandoned)
             log.debug("dropped %d request(s) whose caller stopped waiting before inference", len(abandoned))
@@ -110,7 +115,7 @@ class Scheduler:
         running = self.pool.submit(task, deadline=max(job.deadline for job in batch))
         dispatched, dispatched_ns = time.monotonic(), time.time_ns()
         for job in batch:
-            self.on_dispatched(job.expected_wait_s, dispatched - job.enqueued)
+            self.on_waited(job.expected_wait_s, dispatched - job.enqueued)
         running.add_done_callback(lambda done: _settle(batch, done, dispatched_ns))
 
 

@@ -101,7 +101,7 @@ class InferenceService:
         self.pool.on_model_loaded = self._model_loaded
         self.pool.on_task_done = self._task_done
         self.pool.on_replaced = self._worker_replaced
-        self.scheduler.on_dispatched = self.admission.waited
+        self.scheduler.on_waited = self.admission.waited
         self.start_error: str | None = None
         self._starting: asyncio.Future[None] | None = None
         self._installed: set[str] = set()
