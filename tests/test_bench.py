@@ -25,9 +25,12 @@ def test_the_benchmark_measures_raw_and_every_kind_of_load_and_writes_json_and_m
     assert [row["phase"] for row in rows] == [phase.label for phase in PHASES]
     assert {row["client"] for row in rows} == {"plain", "yosoclient", "poisson"}
     assert all(row["errors"] == 0 for row in rows), rows
+    # what the hypervisor took meanwhile, from /proc/stat: a share, never missing on Linux
+    assert all(0 <= share <= 1 for row in rows for share in row["host_steal_rounds"]), rows
+    assert all(0 <= share <= 1 for share in report["raw"]["limit_runs_host_steal"])
     # one-second windows: polite clients refused once wait a second or more, but the others always get answers
     assert all(row["images_per_s"] > 0 for row in rows if row["client"] != "yosoclient"), rows
     storm = next(row for row in rows if row["phase"] == "plain, 128 clients")
     assert storm["refused"] > 0  # 128 clients cannot all wait within the 2 s budget
     assert len(report["targets"]) == 10 and "raw limit" in result.stdout
-    assert "| load | images/s | x raw limit |" in result.stdout and "| plain, 128 clients |" in result.stdout
+    assert "| load | images/s | x raw limit |" in result.stdout and "| host stole |" in result.stdout and "| plain, 128 clients |" in result.stdout

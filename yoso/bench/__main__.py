@@ -4,8 +4,10 @@ Each round measures the raw model (decode + detect in-process, no HTTP), then th
 keep-alive clients (1, 4, 8, 32 and a retry storm of 128), yosoclient's polite retries (32, 128), and
 open-loop Poisson arrivals at 0.5, 0.8, 1 and 2 x the raw limit just measured. The host's speed drifts
 within minutes, so every server figure is compared with the raw runs on either side of its round; ratios
-are the medians of the rounds, latencies pool them. Prints the table and the targets, writes the figures
-as JSON, and with --markdown the table as the README shows it.
+are the medians of the rounds, latencies pool them. Every figure also carries the share of CPU time the
+host's hypervisor gave to other guests meanwhile (steal): one way the host slows a run, and the one it
+admits (shared caches and the other thread of each core do not show). Prints the table and the targets,
+writes the figures as JSON, and with --markdown the table as the README shows it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import click
 import cv2
 
+from yoso.bench.host import StealMeter
 from yoso.bench.live_server import LiveServer
 from yoso.bench.load import LoadResult, closed_loop, open_loop
 from yoso.bench.raw import nets_per_core, one_net_all_cores, single_image_latency_ms
@@ -68,10 +71,11 @@ class Target:
         return _COMPARE[self.op](self.value, self.bound)
 
 
-def _row(phase: Phase, result: LoadResult, ratios: list[float]) -> dict:
+def _row(phase: Phase, result: LoadResult, ratios: list[float], steal: list[float]) -> dict:
     return {
         "phase": phase.label, "client": phase.client, "load": phase.load,
         "images_per_s": result.images_per_s, "x_raw": statistics.median(ratios), "x_raw_rounds": ratios,
+        "host_steal": _worst(steal), "host_steal_rounds": steal,
         "p50_ms": result.ok_ms(0.50), "p99_ms": result.ok_ms(0.99),
         "refused": result.refused, "refused_share": result.refused_share, "refusal_p99_ms": result.refused_ms(0.99),
         "errors": result.errors, "error_statuses": dict(result.error_statuses),
@@ -82,22 +86,34 @@ def _echo_row(row: dict) -> None:
     errors = f"  errors {row['errors']} {row['error_statuses']}" if row["errors"] else ""
     click.echo(f"  {row['phase']:26s} {row['images_per_s']:5.1f} img/s ({row['x_raw']:.2f} x raw)  p50 "
                f"{row['p50_ms']:6.0f}  p99 {row['p99_ms']:6.0f} ms  refused {row['refused']:6d} "
-               f"({row['refused_share']:6.1%}), p99 {row['refusal_p99_ms']:7.1f} ms{errors}")
+               f"({row['refused_share']:6.1%}), p99 {row['refusal_p99_ms']:7.1f} ms  host stole "
+               f"{_percent(row['host_steal'])}{errors}")
 
 
-def _markdown(rows: list[dict], raw_limit: float, latency_ms: float, header: str) -> str:
+def _worst(shares: list[float]) -> float:
+    """The largest share the host stole in any round (NaN where the kernel does not say)."""
+    return max((share for share in shares if not math.isnan(share)), default=math.nan)
+
+
+def _percent(share: float) -> str:
+    return "?" if math.isnan(share) else f"{share:.0%}"
+
+
+def _markdown(rows: list[dict], raw_limit: float, raw_steal: float, latency_ms: float, header: str) -> str:
     def ms(value: float) -> str:
         return "-" if math.isnan(value) else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
     lines = [header, "",
-             "| load | images/s | x raw limit | p50 ms | p99 ms | refused (503) | refusal p99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|",
+             "| load | images/s | x raw limit | p50 ms | p99 ms | refused (503) | refusal p99 ms | errors "
+             "| host stole |",
+             "|---|---|---|---|---|---|---|---|---|",
              f"| raw limit: decode + detect in-process, best layout | {raw_limit:.1f} | 1 "
-             f"| {latency_ms:.0f} (one image) | | | | |"]
+             f"| {latency_ms:.0f} (one image) | | | | | {_percent(raw_steal)} |"]
     for row in rows:
         refused = f"{row['refused']} ({row['refused_share']:.1%})" if row["refused"] else "0"
         lines.append(f"| {row['phase']} | {row['images_per_s']:.1f} | {row['x_raw']:.2f} | {ms(row['p50_ms'])} | "
-                     f"{ms(row['p99_ms'])} | {refused} | {ms(row['refusal_p99_ms'])} | {row['errors']} |")
+                     f"{ms(row['p99_ms'])} | {refused} | {ms(row['refusal_p99_ms'])} | {row['errors']} "
+                     f"| {_percent(row['host_steal'])} |")
     return "\n".join(lines)
 
 
@@ -163,32 +179,45 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
         click.echo(f"  {layout.layout:26s} {layout.images_per_s:5.1f} img/s")
     best_layout = nets_per_core if layouts[1].images_per_s >= layouts[0].images_per_s else one_net_all_cores
 
-    raw_runs, latencies_ms = [], []
+    raw_runs, raw_steal, latencies_ms = [], [], []
     results: dict[Phase, list[LoadResult]] = {phase: [] for phase in PHASES}
+    steal: dict[Phase, list[float]] = {phase: [] for phase in PHASES}
+
+    def raw_run() -> None:
+        with StealMeter() as meter:
+            raw_runs.append(best_layout(model, files, images, cores, seconds).images_per_s)
+        raw_steal.append(meter.share)
+
     with tempfile.TemporaryDirectory(prefix="yoso-bench-") as logs:
         env = {"YOSO_PRELOAD_MODELS": model, "YOSO_DEFAULT_MODEL": model, "YOSO_WORKERS": str(workers),
                "YOSO_LOG_LEVEL": "warning"}
         live = LiveServer(env=env).start(Path(logs) / "server.log")
         try:
             for n in range(rounds):
-                raw_runs.append(best_layout(model, files, images, cores, seconds).images_per_s)
+                raw_run()
                 latencies_ms.append(single_image_latency_ms(model, files, images, threads=cores))
-                click.echo(f"round {n + 1}: raw {raw_runs[-1]:.1f} img/s, one image {latencies_ms[-1]:.1f} ms")
+                click.echo(f"round {n + 1}: raw {raw_runs[-1]:.1f} img/s, one image {latencies_ms[-1]:.1f} ms, "
+                           f"host stole {_percent(raw_steal[-1])}")
                 for phase in PHASES:
-                    results[phase].append(phase.run(live, image_paths, raw_runs[-1], seconds))
+                    with StealMeter() as meter:
+                        results[phase].append(phase.run(live, image_paths, raw_runs[-1], seconds))
+                    steal[phase].append(meter.share)
                     result = results[phase][-1]
-                    click.echo(f"  {phase.label:26s} {result.images_per_s:5.1f} img/s, refused {result.refused}")
-            raw_runs.append(best_layout(model, files, images, cores, seconds).images_per_s)
-            click.echo(f"closing raw run: {raw_runs[-1]:.1f} img/s")
+                    click.echo(f"  {phase.label:26s} {result.images_per_s:5.1f} img/s, refused {result.refused}, "
+                               f"host stole {_percent(meter.share)}")
+            raw_run()
+            click.echo(f"closing raw run: {raw_runs[-1]:.1f} img/s, host stole {_percent(raw_steal[-1])}")
         finally:
             live.stop()
 
     brackets = [(before + after) / 2 for before, after in itertools.pairwise(raw_runs)]
     raw_limit, latency_ms = statistics.median(raw_runs), statistics.median(latencies_ms)
     rows = [_row(phase, LoadResult.merged(results[phase]),
-                 [result.images_per_s / raw for result, raw in zip(results[phase], brackets)]) for phase in PHASES]
+                 [result.images_per_s / raw for result, raw in zip(results[phase], brackets)], steal[phase])
+            for phase in PHASES]
     click.echo(f"raw limit (best layout, median of {len(raw_runs)} runs): {raw_limit:.1f} img/s; one image, "
-               f"1 net x {cores} threads: {latency_ms:.1f} ms (median of rounds)")
+               f"1 net x {cores} threads: {latency_ms:.1f} ms (median of rounds); host stole up to "
+               f"{_percent(_worst(raw_steal))}")
     click.echo(f"server over HTTP, {ENDPOINT} (rounds pooled; x raw: median of the rounds):")
     for row in rows:
         _echo_row(row)
@@ -203,12 +232,13 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
     if markdown:
         header = (f"`python -m yoso.bench --rounds {rounds} --seconds {seconds:g}` on {when}: {model}, {workers} "
                   f"workers, {machine}, wait budget {budget_s:g} s.")
-        click.echo(_markdown(rows, raw_limit, latency_ms, header))
+        click.echo(_markdown(rows, raw_limit, _worst(raw_steal), latency_ms, header))
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "model": model, "workers": workers,
         "seconds_per_phase": seconds, "rounds": rounds, "budget_s": budget_s,
         "raw": {"layouts": [asdict(layout) for layout in layouts], "limit_images_per_s": raw_limit,
-                "limit_runs": raw_runs, "single_image_ms": latency_ms, "single_image_ms_rounds": latencies_ms},
+                "limit_runs": raw_runs, "limit_runs_host_steal": raw_steal, "single_image_ms": latency_ms,
+                "single_image_ms_rounds": latencies_ms},
         "server": rows,
         "targets": [asdict(check) | {"met": check.met} for check in checks],
     }
