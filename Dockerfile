@@ -27,7 +27,7 @@ WORKDIR /app
 
 # What `make models` runs: every file is checked against its published sha256, so a missing or corrupt
 # model fails the build instead of the first request.
-RUN python -m yoso.models pull yolov3-tiny yolov4-tiny
+RUN python -m yoso models pull yolov3-tiny yolov4-tiny
 
 RUN groupadd --system --gid 10001 yoso \
     && useradd --system --uid 10001 --gid yoso --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin yoso

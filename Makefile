@@ -16,7 +16,7 @@ test: install-dev models system-deps
 	$(PY) -m pytest
 
 bench: models
-	$(PY) -m yoso.bench --markdown
+	$(PY) -m bench --markdown
 
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
@@ -32,7 +32,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	touch $@
 
 models: install
-	$(PY) -m yoso.models pull $(MODELS)
+	$(PY) -m yoso models pull $(MODELS)
 
 # Test-only system packages: a real Prometheus (and promtool) from Debian.
 system-deps:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from yoso.bench.live_server import ROOT, LiveServer, free_port
+from tests.live_server import ROOT, LiveServer, free_port
 
 __all__ = ["LiveServer", "free_port", "ROOT", "DATA", "EXPECTED_COUNTS", "SAMPLE_IMAGES", "image_bytes",
-           "read_http_response", "raw_http", "serving", "Samples", "scrape", "value", "eventually"]
+           "multipart", "read_http_response", "raw_http", "serving", "Samples", "scrape", "value", "eventually"]
 
 DATA = Path(__file__).parent / "data"
 
@@ -76,6 +77,14 @@ def inference_workers(server_pid: int) -> list:
 
 def image_bytes(name: str) -> bytes:
     return (DATA / name).read_bytes()
+
+
+def multipart(image: bytes) -> tuple[bytes, str]:
+    """One image as the `file` part of a multipart/form-data body, for clients that write their own requests."""
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"image.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def read_http_response(connection: socket.socket) -> bytes:

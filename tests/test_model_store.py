@@ -93,7 +93,7 @@ def test_full_models_are_reported_not_installed(tmp_path):
 
 def run_models_cli(*args: str, model_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "YOSO_MODEL_DIR": str(model_dir)}
-    return subprocess.run([sys.executable, "-m", "yoso.models", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "yoso", "models", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -28,12 +28,12 @@ from tests.support import (
     eventually,
     image_bytes,
     inference_workers,
+    multipart,
     read_http_response,
     scrape,
     value,
 )
 from yoso.api.admission import TIMEOUT_HEADER
-from yoso.bench.load import multipart
 
 IMAGE = "dog_person_horse.jpg"
 EXPECTED = {"items": EXPECTED_COUNTS["yolov3-tiny"][IMAGE]}

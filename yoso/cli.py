@@ -1,4 +1,4 @@
-"""The `yoso` command: `yoso serve`, `yoso models list`, `yoso models pull [NAME...]`."""
+"""The `yoso` command: `yoso serve`, `yoso settings`, `yoso models list`, `yoso models pull [NAME...]`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from yoso.config import load_settings
+from yoso.config import Settings, as_variable, documented_default, load_settings
 from yoso.model.store import ModelStore, ProvisionError
 from yoso.model.zoo import TINY_MODELS, ZOO
 
@@ -25,6 +25,36 @@ def serve() -> None:
     from yoso.server import serve as run_server
 
     run_server(load_settings())
+
+
+@main.command("settings")
+@click.option("--markdown", is_flag=True, help="Every setting with its default, as docs/settings.md shows them.")
+def show_settings(markdown: bool) -> None:
+    """Show every YOSO_ setting's value here (environment and .env).
+
+    With --markdown, the table of defaults and meanings that docs/settings.md holds instead.
+
+    Example: YOSO_WORKERS=1 yoso settings
+    """
+    if markdown:
+        click.echo(settings_table())
+        return
+    settings = load_settings()
+    for name in Settings.model_fields:
+        value = as_variable(getattr(settings, name))
+        click.echo(f"YOSO_{name.upper()}={'(set)' if name in SECRETS and value else value}")
+
+
+SECRETS = ("api_key", "metrics_token")  # shown as set or not, never spelled out
+
+
+def settings_table() -> str:
+    """One row per YOSO_ variable, generated from yoso/config.py so that the documentation cannot drift."""
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = documented_default(name)
+        rows.append(f"| `YOSO_{name.upper()}` | {f'`{default}`' if default else '-'} | {field.description} |")
+    return "\n".join(rows)
 
 
 @main.group()

@@ -172,6 +172,27 @@ class Settings(BaseSettings):
         return QUEUE_PER_WORKER * self.workers if self.max_queue is None else self.max_queue
 
 
+def documented_default(name: str) -> str:
+    """A setting's default as the docs show it: the same on every machine and for every user."""
+    field = Settings.model_fields[name]
+    if name == "model_dir":
+        return "~/" + str(DEFAULT_MODEL_DIR.relative_to(Path.home()))
+    if name == "workers":
+        return "usable cores"
+    return as_variable(field.get_default(call_default_factory=True))
+
+
+def as_variable(value: object) -> str:
+    """A setting's value spelled as its YOSO_ variable takes it."""
+    if isinstance(value, list):
+        return ",".join(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "" if value is None else str(value)
+
+
 class SettingsError(SystemExit):
     """Start-up stops with one line per bad variable, never a traceback."""
 

@@ -1,4 +1,4 @@
-"""`python -m yoso.bench`: the raw model's limit, then the server under the load users make, in one run.
+"""`python -m bench`: the raw model's limit, then the server under the load users make, in one run.
 
 Each round measures the raw model (decode + detect in-process, no HTTP), then the server with plain
 keep-alive clients (1, 4, 8, 32 and a retry storm of 128), yosoclient's polite retries (32, 128), and
@@ -27,10 +27,10 @@ from pathlib import Path
 import click
 import cv2
 
-from yoso.bench.host import StealMeter
-from yoso.bench.live_server import LiveServer
-from yoso.bench.load import LoadResult, closed_loop, open_loop
-from yoso.bench.raw import nets_per_core, one_net_all_cores, single_image_latency_ms
+from bench.host import StealMeter
+from tests.live_server import LiveServer
+from bench.load import LoadResult, closed_loop, open_loop
+from bench.raw import nets_per_core, one_net_all_cores, single_image_latency_ms
 from yoso.config import load_settings
 from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
@@ -158,12 +158,12 @@ def _standard_json(value: object) -> object:
 def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, markdown: bool) -> None:
     """Measure the raw model and the server on this machine, and check the targets.
 
-    Example: python -m yoso.bench --rounds 3 --seconds 6 --markdown
+    Example: python -m bench --rounds 3 --seconds 6 --markdown
     """
     settings = load_settings()
     files = ModelStore(settings.model_dir).files(ZOO[model])
     if files is None:
-        raise click.ClickException(f"{model} is not installed: run `python -m yoso.models pull {model}`")
+        raise click.ClickException(f"{model} is not installed: run `python -m yoso models pull {model}`")
     image_paths = sorted(image_dir.glob("*.jpg"))
     images = [path.read_bytes() for path in image_paths]
     cores = os.cpu_count() or 1
@@ -230,7 +230,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
     when = time.strftime("%Y-%m-%d")
     machine = f"{cores} cores ({platform.processor() or platform.machine()}), OpenCV {cv2.__version__}"
     if markdown:
-        header = (f"`python -m yoso.bench --rounds {rounds} --seconds {seconds:g}` on {when}: {model}, {workers} "
+        header = (f"`python -m bench --rounds {rounds} --seconds {seconds:g}` on {when}: {model}, {workers} "
                   f"workers, {machine}, wait budget {budget_s:g} s.")
         click.echo(_markdown(rows, raw_limit, _worst(raw_steal), latency_ms, header))
     report = {

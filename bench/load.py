@@ -8,7 +8,7 @@
 - `open_loop(rate)`: requests arrive at random (Poisson) times at `rate` per second, whatever the answers,
   each on its own connection, as independent users behind a load balancer arrive.
 
-Clients run in processes of their own (`python -m yoso.bench.load`), a few threads each at most, so that
+Clients run in processes of their own (`python -m bench.load`), a few threads each at most, so that
 their latencies are the server's rather than one interpreter lock's. The parent starts them, then gives one
 start signal, so every client measures the same window.
 """
@@ -23,11 +23,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support import multipart
 
 MAX_CLIENT_PROCESSES = {"plain": 32, "yosoclient": 8}  # yosoclient loads OpenCV: fewer, busier processes
 OPEN_LOOP_PROCESSES = 2
@@ -89,13 +90,6 @@ def _quantile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[min(98, max(0, round(q * 100) - 1))]
-
-
-def multipart(image: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"image.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def closed_loop(host: str, port: int, path: str, images: list[Path], concurrency: int, seconds: float,
@@ -244,7 +238,7 @@ def _poisson_arrivals(job: dict, bodies: list, index: int, measure_from: float, 
 
 
 def _client_main() -> None:
-    """`python -m yoso.bench.load`: the job on stdin, "ready", the window on stdin, figures on stdout."""
+    """`python -m bench.load`: the job on stdin, "ready", the window on stdin, figures on stdout."""
     job = json.loads(sys.stdin.readline())
     if job["kind"] == "yosoclient":
         import yosoclient.client  # noqa: F401 - loaded now, not inside the measured window

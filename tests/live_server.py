@@ -1,4 +1,4 @@
-"""A real `python -m yoso.server` process on a free loopback port: for the benchmark and the tests."""
+"""A real `python -m yoso.server` process on a free loopback port: for the tests and the benchmark."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
