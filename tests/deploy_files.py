@@ -1,4 +1,4 @@
-"""Readers for the deployment files (Dockerfile, env files, YAML), shared by the deployment tests."""
+"""Readers for the deployment files (Dockerfile, env files, YAML) and their guide, docs/deployment.md."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from yoso.config import Settings
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_DIR = ROOT / "compose" / "stage"
 K8S_DIR = ROOT / "deploy" / "k8s"
+DEPLOYMENT_GUIDE = ROOT / "docs" / "deployment.md"
 ENV_PREFIX = "YOSO_"
 
 
@@ -72,11 +73,3 @@ def set_to_their_default(variables: dict[str, str]) -> list[str]:
     configured, defaults = settings_from(variables), settings_from({})
     fields = {name: name[len(ENV_PREFIX):].lower() for name in variables}
     return sorted(name for name, field in fields.items() if getattr(configured, field) == getattr(defaults, field))
-
-
-def readme_section(title: str) -> str:
-    """The text of one `## title` section of the README."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:] if end == -1 else text[start:end]

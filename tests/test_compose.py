@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.deploy_files import (
-    COMPOSE_DIR, ENV_PREFIX, load_yaml_documents, read_env_file, readme_section, set_to_their_default,
+    COMPOSE_DIR, DEPLOYMENT_GUIDE, ENV_PREFIX, load_yaml_documents, read_env_file, set_to_their_default,
     settings_from,
 )
 from tests.support import ROOT
@@ -145,8 +145,8 @@ def test_the_stage_runs_the_same_images_as_the_launch_scripts(services):
         assert services[name]["image"] in (ROOT / script).read_text().split(), name
 
 
-def test_readme_starts_the_stage_and_lists_its_urls(services):
-    deploy = readme_section("Deploy")
+def test_the_guide_starts_the_stage_and_lists_its_urls(services):
+    deploy = DEPLOYMENT_GUIDE.read_text()
     assert f"docker compose -f {COMPOSE_FILE.relative_to(ROOT)} up" in deploy
     for port in PUBLISHED.values():
         assert f"http://localhost:{port}" in deploy

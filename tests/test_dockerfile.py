@@ -1,4 +1,4 @@
-"""The Dockerfile, read statically (no Docker engine runs here) and held to what the Makefile and README do.
+"""The Dockerfile, read statically (no Docker engine runs here) and held to what the Makefile does.
 
 The one part that runs for real is the HEALTHCHECK command, against a live server.
 """
@@ -22,7 +22,6 @@ from tests.support import ROOT, LiveServer, free_port
 from yoso.config import Settings
 
 MAKEFILE = (ROOT / "Makefile").read_text()
-README = (ROOT / "README.md").read_text()
 
 # What the wheels may load from the system: glibc (libc6), libgcc-s1, libstdc++6 and zlib1g, all present
 # in python:3.11-slim-bookworm (apt needs libstdc++6, dpkg needs zlib1g). Anything else needs an apt-get.
@@ -87,10 +86,9 @@ def test_the_image_runs_the_installed_package_with_no_source_tree_in_its_working
 
 
 def test_both_tiny_models_are_pulled_and_checked_at_build_time_like_make_models():
-    pull = "python -m yoso.models pull yolov3-tiny yolov4-tiny"
+    pull = "python -m yoso models pull yolov3-tiny yolov4-tiny"
     assert pull in dockerfile_arguments("RUN")
     assert pull in make_recipe("models")
-    assert "python -m yoso.models pull" in README
     # The image serves its default preload set without any download at start-up.
     assert pull.split("pull ")[1].split() == Settings.model_fields["preload_models"].default_factory()
 
@@ -108,7 +106,6 @@ def test_the_image_runs_the_server_like_make_run_as_a_non_root_user_on_port_8000
     (command,) = dockerfile_arguments("CMD")
     assert exec_form(command) == ["python", "-m", "yoso.server"]
     assert "python -m yoso.server" in make_recipe("run")
-    assert "python -m yoso.server" in README
     user = dockerfile_arguments("USER")[-1]
     assert user.split(":")[0] not in ("root", "0")
     assert dockerfile_arguments("EXPOSE") == [str(Settings.model_fields["port"].default)]

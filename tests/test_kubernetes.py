@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 
 from tests.deploy_files import (
-    ENV_PREFIX, K8S_DIR, dockerfile_arguments, load_yaml_documents, readme_section, set_to_their_default,
+    DEPLOYMENT_GUIDE, ENV_PREFIX, K8S_DIR, dockerfile_arguments, load_yaml_documents, set_to_their_default,
     settings_from,
 )
 from tests.support import ROOT
@@ -98,7 +98,6 @@ def test_only_the_yoso_scrape_job_selects_the_pods(pod):
     it through Prometheus); prometheus.io annotations would have a generic kubernetes-pods job scrape every
     pod a second time and double every rate."""
     assert not [key for key in pod["metadata"].get("annotations", {}) if key.startswith("prometheus.io/")]
-    assert "prometheus/conf_dir/kubernetes.yml" in readme_section("Deploy")
 
 
 def test_service_hpa_and_budget_select_the_deployment_pods(manifests, pod, container):
@@ -122,7 +121,7 @@ def test_pods_run_the_image_the_dockerfile_builds_as_its_user(pod, container):
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
-def test_readme_builds_the_image_the_pods_run_and_applies_the_manifests(container):
-    deploy = readme_section("Deploy")
+def test_the_guide_builds_the_image_the_pods_run_and_applies_the_manifests(container):
+    deploy = DEPLOYMENT_GUIDE.read_text()
     assert f"docker build -t {container['image']} ." in deploy
     assert f"kubectl apply -f {K8S_DIR.relative_to(ROOT)}/" in deploy

@@ -1,4 +1,4 @@
-"""locustfile.py run headless, as the README shows, against real servers on the loopback."""
+"""locustfile.py run headless, as docs/deployment.md shows, against real servers on the loopback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.deploy_files import readme_section
 from tests.support import ROOT, LiveServer
 
 ENDPOINTS = {"/count_objects", "/detect", "/predict"}
@@ -60,6 +59,3 @@ def test_a_server_that_rejects_the_uploads_shows_as_failures(tmp_path):
     assert total["Failure Count"] == total["Request Count"]
     assert any("413" in row["Error"] for row in stats_rows(prefix, "failures"))
 
-
-def test_readme_shows_the_headless_command():
-    assert "locust -f locustfile.py --headless" in readme_section("Deploy")

@@ -8,10 +8,10 @@ import time
 
 from tests.support import EXPECTED_COUNTS, image_bytes
 from yoso.serving.pool import Exit, TaskOverran, WorkerPool
-from yoso.serving.tasks import ImageJob, Running, Task, WorkerConfig
+from yoso.serving.tasks import Running, Task, WorkerConfig
 
 IMAGE = "dog_person_horse.jpg"
-TASK = Task("yolov3-tiny", 0.5, (ImageJob(image_bytes(IMAGE), annotate=False),), threads=1)
+TASK = Task("yolov3-tiny", 0.5, (image_bytes(IMAGE),), annotate=False, threads=1)
 
 
 def one_worker(model_store) -> WorkerPool:

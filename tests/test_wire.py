@@ -10,11 +10,11 @@ import threading
 import pytest
 
 from yoso.serving import wire
-from yoso.serving.tasks import ImageJob, Task
+from yoso.serving.tasks import Task
 
 
 def test_a_message_larger_than_any_socket_buffer_crosses_both_ways_while_the_loop_runs():
-    task = Task("yolov3-tiny", 0.5, (ImageJob(os.urandom(8 << 20), annotate=True),), threads=2)
+    task = Task("yolov3-tiny", 0.5, (os.urandom(8 << 20),), annotate=True, threads=2)
     ours, theirs = socket.socketpair()
 
     def echo() -> None:

@@ -24,6 +24,8 @@ import cv2
 import httpx
 import numpy as np
 
+from yoso.status import ModelStatus
+
 DEFAULT_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT_S = 60.0
 RETRIES_ON_503 = 3
@@ -94,20 +96,13 @@ class DetectResult:
     inference_ms: float
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    installed: bool
-    loaded: bool
-    workers_loaded: int
-    classes: int | None
-    download_bytes: int
+ModelInfo = ModelStatus  # the name this library has always used for the server's ModelStatus
 
 
 @dataclass(frozen=True)
 class ModelsInfo:
     default: str
-    models: list[ModelInfo]
+    models: list[ModelStatus]
 
 
 @dataclass(frozen=True)
@@ -224,7 +219,7 @@ class Client:
 
     def models(self) -> ModelsInfo:
         body = self._request("GET", "/models").json()
-        return ModelsInfo(body["default"], [ModelInfo(**model) for model in body["models"]])
+        return ModelsInfo(body["default"], [ModelStatus(**model) for model in body["models"]])
 
     def health(self) -> Health:
         """Readiness: whether the server takes images now. Only a server that cannot be reached raises."""

@@ -6,7 +6,6 @@ import asyncio
 import html
 import json
 from collections import Counter
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -14,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from yoso.api.admission import TIMEOUT_HEADER, ticket_of
 from yoso.api.errors import ApiError, ErrorResponse
-from yoso.api.schemas import CountResponse, DetectionOut, DetectResponse, HealthResponse, ModelOut, ModelsResponse
+from yoso.api.schemas import CountResponse, DetectionOut, DetectResponse, HealthResponse, ModelsResponse
 from yoso.api.upload import UPLOAD_BODY_DOC, read_image_upload
 from yoso.serving.admission import RETRY_AFTER_S, Refused
 from yoso.serving.pool import TaskOverran, WorkerCrashed
@@ -69,15 +68,8 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-@dataclass(frozen=True)
-class Detected:
-    model: str
-    image: ImageOutcome
-    task: TaskOutcome
-
-
 async def _detect(request: Request, service: InferenceService, confidence: float, annotate: bool,
-                  endpoint: str) -> Detected:
+                  endpoint: str) -> tuple[ImageOutcome, TaskOutcome]:
     """Admitted at the edge -> upload -> queued header check and inference, dropped if the client leaves or
     the request's time runs out.
 
@@ -85,9 +77,8 @@ async def _detect(request: Request, service: InferenceService, confidence: float
     worker's time, never the event loop's, and the server process does no image work at all.
     """
     ticket = ticket_of(request.scope)
-    name = ticket.model
     try:
-        await service.ensure_installed(name)
+        await service.ensure_installed(ticket.model)
     except UnknownModel as error:
         raise ApiError(404, str(error)) from None
     except ModelNotInstalled as error:
@@ -124,7 +115,7 @@ async def _detect(request: Request, service: InferenceService, confidence: float
         raise ApiError(504, f"The request took longer than {timeout_s:g} s: {error}.") from None
     if image.error is not None:
         raise ApiError(*image.error)
-    return Detected(name, image, task)
+    return image, task
 
 
 _PREDICT_200 = {
@@ -138,15 +129,15 @@ _PREDICT_200 = {
 @router.post("/predict", response_class=Response, summary="The image with boxes, labels and confidence drawn",
              **_UPLOAD | {"responses": _ERRORS | {200: _PREDICT_200}})
 async def predict(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    detected = await _detect(request, service, confidence, annotate=True, endpoint="/predict")
-    counts = json.dumps(_counts(detected.image), separators=(",", ":"))
-    return Response(detected.image.jpeg, media_type="image/jpeg", headers={COUNTS_HEADER: counts})
+    image, _ = await _detect(request, service, confidence, annotate=True, endpoint="/predict")
+    counts = json.dumps(_counts(image), separators=(",", ":"))
+    return Response(image.jpeg, media_type="image/jpeg", headers={COUNTS_HEADER: counts})
 
 
 @router.post("/count_objects", response_model=CountResponse, summary="How many objects of each label", **_UPLOAD)
 async def count_objects(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    detected = await _detect(request, service, confidence, annotate=False, endpoint="/count_objects")
-    return CountResponse(items=_counts(detected.image))
+    image, _ = await _detect(request, service, confidence, annotate=False, endpoint="/count_objects")
+    return CountResponse(items=_counts(image))
 
 
 def _counts(image: ImageOutcome) -> dict[str, int]:
@@ -155,23 +146,21 @@ def _counts(image: ImageOutcome) -> dict[str, int]:
 
 @router.post("/detect", response_model=DetectResponse, summary="Detections as JSON", **_UPLOAD)
 async def detect(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    detected = await _detect(request, service, confidence, annotate=False, endpoint="/detect")
-    image = detected.image
+    image, task = await _detect(request, service, confidence, annotate=False, endpoint="/detect")
     return DetectResponse(
-        model=detected.model,
+        model=ticket_of(request.scope).model,
         confidence=confidence,
         width=image.width,
         height=image.height,
         detections=[DetectionOut(label=d.label, confidence=d.confidence, box=list(d.box)) for d in image.detections],
-        inference_ms=detected.task.inference_ms,
+        inference_ms=task.inference_ms,
     )
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Known models, installed and loaded")
 async def models(service: Service):
     statuses = await asyncio.to_thread(service.models)
-    return ModelsResponse(default=service.settings.default_model,
-                          models=[ModelOut(**vars(status)) for status in statuses])
+    return ModelsResponse(default=service.settings.default_model, models=statuses)
 
 
 @router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")

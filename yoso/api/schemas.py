@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from yoso.status import ModelStatus
+
 
 class CountResponse(BaseModel):
     items: dict[str, int] = Field(description="Objects found, per label.", examples=[{"car": 2, "person": 1}])
@@ -24,18 +26,9 @@ class DetectResponse(BaseModel):
     inference_ms: float = Field(description="Time the model spent on the batch this image ran in.")
 
 
-class ModelOut(BaseModel):
-    name: str
-    installed: bool
-    loaded: bool
-    workers_loaded: int = Field(description="Worker processes that hold this model in memory.")
-    classes: int | None
-    download_bytes: int
-
-
 class ModelsResponse(BaseModel):
     default: str
-    models: list[ModelOut]
+    models: list[ModelStatus]
 
 
 class HealthResponse(BaseModel):

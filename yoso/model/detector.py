@@ -7,28 +7,15 @@ never run in two threads at once, which the serving layer guarantees by giving e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-from yoso.model.store import ModelFiles
+from yoso.model.detection import Detection
+from yoso.model.store import ModelFiles, read_labels
 
 BLOB_SCALE = 0.00392
 NMS_THRESHOLD = 0.3
 _LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-@dataclass(frozen=True)
-class Detection:
-    label: str
-    confidence: float
-    box: tuple[int, int, int, int]  # x1, y1, x2, y2
-
-
-def read_labels(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def label_colors(count: int) -> np.ndarray:

@@ -47,6 +47,11 @@ class ModelFiles:
     names: Path
 
 
+def read_labels(path: Path) -> list[str]:
+    """A labels file: one class name per line, blank lines skipped."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:

@@ -7,7 +7,6 @@ from fastapi import FastAPI
 from yoso.config import METRICS_PATH, Settings
 from yoso.observability.logging import AccessLogMiddleware
 from yoso.observability.metrics import install_metrics
-from yoso.observability.tracing import install_tracing
 from yoso.serving.service import InferenceService
 
 QUIET_PATHS = (METRICS_PATH,)  # scraped every few seconds: kept out of metrics, traces and access logs
@@ -19,4 +18,6 @@ def install_observability(app: FastAPI, settings: Settings, service: InferenceSe
         install_metrics(app, service, skip_paths=QUIET_PATHS)
     app.add_middleware(AccessLogMiddleware, skip_paths=QUIET_PATHS)
     if settings.otel_instrument:
+        from yoso.observability.tracing import install_tracing  # the SDK and an exporter, only when tracing
+
         install_tracing(app, settings, service, skip_paths=QUIET_PATHS)

@@ -19,13 +19,20 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from yoso.config import LogFormat, Settings
-from yoso.observability.tracing import service_name
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "trace_id")
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 access_log = logging.getLogger("yoso.access")
+
+
+def service_name(settings: Settings) -> str:
+    """YOSO_SERVICE_NAME, unless the platform named the service (OTEL_SERVICE_NAME, or service.name in
+    OTEL_RESOURCE_ATTRIBUTES): traces and JSON logs then carry the platform's name."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector  # the SDK, only when asked
+
+    return str(OTELResourceDetector().detect().attributes.get(SERVICE_NAME, settings.service_name))
 
 
 class JsonFormatter(logging.Formatter):

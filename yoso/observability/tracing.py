@@ -16,22 +16,19 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
 
-import requests
 from fastapi import FastAPI
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.exporter.zipkin import json as zipkin
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, OTELResourceDetector, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.util.types import Attributes
 
 from yoso import __version__
 from yoso.config import Settings, TraceExporter
+from yoso.observability.logging import service_name
 from yoso.serving.admission import Reason
 from yoso.serving.pool import Exit
 from yoso.serving.service import InferenceService
@@ -40,30 +37,18 @@ from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
 log = logging.getLogger(__name__)
 
 
-class ZipkinExporter(zipkin.ZipkinExporter):
-    """Zipkin's exporter, with a one-line warning instead of a traceback when the server cannot be reached."""
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            return super().export(spans)
-        except requests.RequestException as error:
-            log.warning("could not send %d spans to Zipkin at %s: %s", len(spans), self.endpoint, error)
-            return SpanExportResult.FAILURE
-
-
 def span_exporter(settings: Settings) -> SpanExporter:
+    """The chosen exporter, imported only when chosen: a start-up loads no exporter it will not use."""
     exporter = settings.otel_instrument_exporter
     if exporter is TraceExporter.zipkin:
+        from yoso.observability.zipkin import ZipkinExporter
+
         return ZipkinExporter(endpoint=settings.zipkin_endpoint)
     if exporter is TraceExporter.otlp:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
         return OTLPSpanExporter()  # endpoint, headers, timeout, compression: the OTEL_EXPORTER_OTLP_* variables
     return ConsoleSpanExporter(formatter=_one_line)
-
-
-def service_name(settings: Settings) -> str:
-    """YOSO_SERVICE_NAME, unless the platform named the service (OTEL_SERVICE_NAME, or service.name in
-    OTEL_RESOURCE_ATTRIBUTES): traces and JSON logs then carry the platform's name."""
-    return str(OTELResourceDetector().detect().attributes.get(SERVICE_NAME, settings.service_name))
 
 
 def service_resource(settings: Settings) -> Resource:

@@ -10,13 +10,11 @@ expected), so that the budget bounds nearly every wait, not the average one, how
 Two hard caps stand beside it: `YOSO_MAX_QUEUE` requests waiting (memory: each holds its upload) and
 `YOSO_MAX_UPLOADS` uploads still arriving (slow senders hold those places, never a worker).
 
-A request is checked at the edge, before a byte of its upload is read, and once more when its upload has
-arrived, before it is queued (other uploads may have arrived meanwhile).
+A request is checked at the edge, before a byte of its upload is read, and again before it is queued.
 
-Refusals are cheap, not free. Most clients resend at once after a 503, so a few dozen of them refused
-together would make the server answer thousands of refusals a second and leave the workers no CPU. So
-refusals are answered at once up to a rate, a few times what the workers serve, and past it each is held
-its turn (at most the wait budget) before it is answered: a client that ignores Retry-After waits anyway.
+Refusals are cheap, not free: most clients resend at once after a 503, and thousands of refusals a second
+would leave the workers no CPU. So refusals are answered at once up to a few times what the workers serve;
+past that each is held its turn (at most the budget): a client that ignores Retry-After waits anyway.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from multiprocessing.process import BaseProcess
 
-from yoso.serving import wire, worker
+from yoso.serving import wire
 from yoso.serving.tasks import Running, Task, TaskKind, TaskOutcome, WorkerConfig, WorkerFailed, WorkerReady
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ class PoolStartError(RuntimeError):
 
 
 @dataclass(eq=False)
-class _Worker:
+class WorkerProcess:
+    """The pool's handle on one inference process (which runs yoso.serving.worker.Worker)."""
+
     process: BaseProcess
     ready: asyncio.Future[WorkerReady]
     socket: socket.socket
@@ -83,8 +85,8 @@ class WorkerPool:
         self.on_model_loaded: Callable[[str, float], None] = lambda name, seconds: None
         self.on_task_done: Callable[[TaskKind, TaskOutcome, float], None] = lambda kind, outcome, seconds: None
         self.on_replaced: Callable[[Exit], None] = lambda reason: None
-        self._workers: list[_Worker] = []
-        self._idle: list[_Worker] = []
+        self._workers: list[WorkerProcess] = []
+        self._idle: list[WorkerProcess] = []
         self._closing = False
         self._failed_starts = 0
 
@@ -145,19 +147,19 @@ class WorkerPool:
             await _reap(w)
             self._on_exit(w)  # whatever it left unanswered is answered now (no replacement: closing)
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self) -> WorkerProcess:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        process = _SPAWN.Process(target=worker.serve, args=(theirs, self.config), name="yoso-worker", daemon=True)
+        process = _SPAWN.Process(target=_run_worker, args=(theirs, self.config), name="yoso-worker", daemon=True)
         process.start()
         theirs.close()
-        w = _Worker(process, loop.create_future(), ours)
+        w = WorkerProcess(process, loop.create_future(), ours)
         self._workers.append(w)
         w.listener = loop.create_task(self._listen(w), name=f"yoso-worker-{process.pid}")
         w.watchdog = loop.call_later(self.startup_timeout_s, self._start_overdue, w)
         return w
 
-    async def _listen(self, w: _Worker) -> None:
+    async def _listen(self, w: WorkerProcess) -> None:
         """Every message of one worker, in order, until its socket closes; then the worker is gone."""
         try:
             reader, w.writer = await asyncio.open_unix_connection(sock=w.socket)
@@ -172,7 +174,7 @@ class WorkerPool:
         if not self._closing:  # stop() reaps the workers it stops
             await _reap(w)
 
-    def _on_message(self, w: _Worker, message: object) -> None:
+    def _on_message(self, w: WorkerProcess, message: object) -> None:
         if w not in self._workers or w.killed is not None:
             return
         if isinstance(message, WorkerReady):
@@ -199,17 +201,17 @@ class WorkerPool:
                 task.set_result(message)
             self._make_idle(w)
 
-    def _make_idle(self, w: _Worker) -> None:
+    def _make_idle(self, w: WorkerProcess) -> None:
         self._idle.append(w)
         self.on_idle()
 
-    def _start_overdue(self, w: _Worker) -> None:
+    def _start_overdue(self, w: WorkerProcess) -> None:
         if not w.ready.done():
             w.ready.set_exception(PoolStartError(
                 f"a worker did not load its models within {self.startup_timeout_s:g} s (YOSO_STARTUP_TIMEOUT_S)"))
             w.kill(Exit.start_timeout)
 
-    def _overran(self, w: _Worker) -> None:
+    def _overran(self, w: WorkerProcess) -> None:
         if w.task is None or w.task.done():
             return
         seconds = time.monotonic() - w.task_started
@@ -218,7 +220,7 @@ class WorkerPool:
         w.task.set_exception(TaskOverran(f"the inference worker ran this task for {seconds:.1f} s and was replaced"))
         w.kill(Exit.hung)
 
-    def _on_exit(self, w: _Worker) -> None:
+    def _on_exit(self, w: WorkerProcess) -> None:
         """A worker is gone: answer its task, forget it, and start a replacement."""
         if w not in self._workers:
             return
@@ -255,7 +257,7 @@ def _log_failed_start(ready: asyncio.Future[WorkerReady]) -> None:
         log.error("a replacement worker failed to start: %s", ready.exception())
 
 
-async def _reap(w: _Worker) -> None:
+async def _reap(w: WorkerProcess) -> None:
     """Wait for a worker whose socket has closed to exit, so that no zombie is left; kill it if it lingers."""
     await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
     if w.process.is_alive():
@@ -263,8 +265,15 @@ async def _reap(w: _Worker) -> None:
         await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
 
 
-def _close(w: _Worker) -> None:
+def _close(w: WorkerProcess) -> None:
     if w.writer is not None:
         w.writer.close()
     else:
         w.socket.close()
+
+
+def _run_worker(server: socket.socket, config: WorkerConfig) -> None:
+    """A worker process's entry: OpenCV and the models load there, never in the server process."""
+    from yoso.serving.worker import serve
+
+    serve(server, config)

@@ -2,8 +2,8 @@
 
 Admission (yoso.serving.admission) decides which requests may wait here; the scheduler keeps them in order.
 When a worker frees up, the oldest waiting request goes to it together with up to `max_batch_size - 1`
-later ones for the same model and confidence. With a batch delay, a lone request may wait that long for
-company while a worker sits idle. A request whose caller has given up (client gone, timeout) is dropped
+later ones for the same model, confidence and answer (annotated or not). With a batch delay, a lone request
+may wait that long for company while a worker sits idle. A request whose caller has given up (client gone, timeout) is dropped
 before it reaches a worker.
 """
 
@@ -17,16 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from yoso.serving.pool import WorkerPool
-from yoso.serving.tasks import ImageJob, ImageOutcome, Task, TaskOutcome
+from yoso.serving.tasks import ImageOutcome, Task, TaskOutcome
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Job:
+    """One image waiting for a worker, and the future its request awaits."""
+
     model: str
     confidence: float
-    image: ImageJob
+    data: bytes
+    annotate: bool
     deadline: float  # time.monotonic(): the server's bound on this request (the pool's watchdog uses it)
     expected_wait_s: float  # what admission expected when it let the request queue
     future: asyncio.Future[tuple[ImageOutcome, TaskOutcome]]
@@ -34,8 +37,8 @@ class Job:
     enqueued_ns: int = field(default_factory=time.time_ns)
 
     @property
-    def batch_key(self) -> tuple[str, float]:
-        return (self.model, self.confidence)
+    def batch_key(self) -> tuple[str, float, bool]:
+        return (self.model, self.confidence, self.annotate)
 
 
 class Scheduler:
@@ -61,10 +64,11 @@ class Scheduler:
     def waiting_by_model(self) -> Counter[str]:
         return Counter(self.waiting_models())
 
-    async def run(self, model: str, confidence: float, image: ImageJob, deadline: float,
+    async def run(self, model: str, confidence: float, data: bytes, annotate: bool, deadline: float,
                   expected_wait_s: float) -> tuple[ImageOutcome, TaskOutcome]:
         """The outcome of one image, and of the task (batch) it ran in."""
-        job = Job(model, confidence, image, deadline, expected_wait_s, asyncio.get_running_loop().create_future())
+        job = Job(model, confidence, data, annotate, deadline, expected_wait_s,
+                  asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
         return await job.future  # cancelling this marks the job done: it is skipped, never run
@@ -111,7 +115,8 @@ class Scheduler:
 
     def _start(self, batch: list[Job]) -> None:
         head = batch[0]
-        task = Task(head.model, head.confidence, tuple(job.image for job in batch), self.pool.threads_for_next_task())
+        task = Task(head.model, head.confidence, tuple(job.data for job in batch), head.annotate,
+                    self.pool.threads_for_next_task())
         running = self.pool.submit(task, deadline=max(job.deadline for job in batch))
         dispatched, dispatched_ns = time.monotonic(), time.time_ns()
         for job in batch:

@@ -16,13 +16,13 @@ from typing import Protocol
 
 from yoso.config import Settings, WorkerPriority
 from yoso.cores import available_cores
-from yoso.model.detector import read_labels
-from yoso.model.store import ModelStore
+from yoso.model.store import ModelStore, read_labels
 from yoso.model.zoo import ZOO
 from yoso.serving.admission import Admission, Reason, TaskTimes, Ticket
 from yoso.serving.pool import Exit, PoolStartError, WorkerPool
 from yoso.serving.scheduler import Scheduler
-from yoso.serving.tasks import ImageJob, ImageOutcome, TaskKind, TaskOutcome, WorkerConfig, WorkerReady
+from yoso.serving.tasks import ImageOutcome, TaskKind, TaskOutcome, WorkerConfig, WorkerReady
+from yoso.status import ModelStatus
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,6 @@ class InferenceObserver(Protocol):
 
     def worker_replaced(self, reason: Exit) -> None:
         """A worker died, hung past its task's deadline or did not start in time, and was replaced."""
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    name: str
-    installed: bool
-    loaded: bool
-    workers_loaded: int
-    classes: int | None
-    download_bytes: int
 
 
 class InferenceService:
@@ -167,8 +157,8 @@ class InferenceService:
         """Queue an admitted request whose upload has arrived (Refused if it may no longer wait), and run it."""
         self.require(ticket.model)
         expected_wait_s = self.admission.recheck(ticket)
-        image, task = await self.scheduler.run(ticket.model, confidence, ImageJob(data, annotate),
-                                               ticket.hard_deadline, expected_wait_s)
+        image, task = await self.scheduler.run(ticket.model, confidence, data, annotate, ticket.hard_deadline,
+                                               expected_wait_s)
         if image.error is None:
             self._notify("image_done", ticket.model, endpoint, confidence, image, task)
         return image, task

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from yoso.model.detector import Detection
+from yoso.model.detection import Detection
 
 # (start, end) in time.time_ns(): a wall clock shared by all processes, so the server can turn a
 # worker's stages into spans and metrics after the fact.
@@ -35,16 +35,13 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
-class ImageJob:
-    data: bytes
-    annotate: bool  # also return the image with boxes drawn, as JPEG
-
-
-@dataclass(frozen=True)
 class Task:
+    """A batch for one worker: encoded images of one model and confidence, answered as one TaskOutcome."""
+
     model: str
     confidence: float
-    images: tuple[ImageJob, ...]
+    images: tuple[bytes, ...]
+    annotate: bool  # also return each image with its boxes drawn, as JPEG
     threads: int  # OpenCV threads for this task: all cores when it runs alone
 
     @property

@@ -60,11 +60,11 @@ class Worker:
         model = self.models.models[task.model]
         outcomes = [ImageOutcome() for _ in task.images]
         images = {}
-        for i, job in enumerate(task.images):
+        for i, data in enumerate(task.images):
             started = time.time_ns()
             try:
-                imaging.inspect(job.data, self.max_pixels)  # the header first: a pixel bomb is never decoded
-                images[i] = imaging.decode(job.data)
+                imaging.inspect(data, self.max_pixels)  # the header first: a pixel bomb is never decoded
+                images[i] = imaging.decode(data)
             except imaging.ImageError as error:
                 outcomes[i].error = (error.status, str(error))
                 continue
@@ -78,7 +78,7 @@ class Worker:
         result.inference = (started, time.time_ns())
         for (i, image), found in zip(images.items(), detections):
             outcomes[i].detections = found
-            if task.images[i].annotate:
+            if task.annotate:
                 outcomes[i].jpeg, outcomes[i].encode = self._annotate(model, image, found)
         return result
 
