@@ -8,12 +8,27 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def poll_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    """True as soon as `check()` is, False once `timeout_s` has passed without it: the tests' one polling loop
+    (`tests.support.eventually` and `LiveServer.wait_until` are this), for conditions that live in another
+    process (its HTTP endpoints, its log file, its metrics, its children) and are announced to no one."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        # A sleep because nothing can be waited on: the condition changes in another process, which signals
+        # this one nothing (a poll every 50 ms costs little and the timeout only costs time on failure).
+        time.sleep(interval_s)
+    return True
 
 
 def free_port() -> int:
@@ -48,17 +63,16 @@ class LiveServer:
         return self
 
     def wait_until(self, path: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def answers_200() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
+                return httpx.get(self.url + path, timeout=2).status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{path} not 200 after {timeout_s}s:\n{self.log()}")
+                return False
+
+        if not poll_until(answers_200, timeout_s):
+            raise TimeoutError(f"{path} not 200 after {timeout_s}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.live_server import ROOT, LiveServer, free_port
+from tests.live_server import ROOT, LiveServer, free_port, poll_until
 
 __all__ = ["LiveServer", "free_port", "ROOT", "DATA", "EXPECTED_COUNTS", "SAMPLE_IMAGES", "image_bytes",
            "multipart", "read_http_response", "raw_http", "serving", "Samples", "scrape", "value", "eventually"]
@@ -124,10 +123,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def eventually(check: Callable[[], bool], timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+def eventually(check: Callable[[], bool], timeout_s: float = 10, interval_s: float = 0.05) -> bool:
+    """True as soon as `check()` is (a metric, a log line, a state endpoint...), False after `timeout_s`."""
+    return poll_until(check, timeout_s, interval_s)

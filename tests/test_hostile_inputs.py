@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import io
 import random
+import select
 import socket
 import struct
-import threading
-import time
 import zipfile
 import zlib
+from pathlib import Path
 
 import cv2
 import httpx
@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.support import image_bytes, raw_http, read_http_response, serving
+from tests.support import LiveServer, eventually, image_bytes, raw_http, read_http_response, scrape, serving, value
+from yoso.api.head import REQUEST_HEAD_LIMIT_BYTES
 
 ENDPOINTS = ["/predict", "/count_objects", "/detect"]
 FORMATS = ["JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP"]
@@ -69,8 +70,10 @@ def detect(client: httpx.Client, data: bytes) -> dict:
     return body
 
 
-def assert_clear_4xx(response: httpx.Response, *words: str) -> None:
+def assert_clear_4xx(response: httpx.Response, *words: str, status: int | None = None) -> None:
+    """A 4xx (`status` itself when given) whose JSON detail is a sentence holding `words`."""
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert status is None or response.status_code == status, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json")
     detail = response.json()["detail"]
     assert isinstance(detail, str) and len(detail) > 20
@@ -124,7 +127,7 @@ def test_a_truncated_image_is_refused_even_when_its_exif_thumbnail_is_complete(c
     segment = b"Exif\0\0" + thumbnail
     with_thumbnail = main[:2] + b"\xff\xe1" + struct.pack(">H", len(segment) + 2) + segment + main[2:]
     assert detect(client, with_thumbnail)["detections"]
-    assert_clear_4xx(post(client, "/detect", with_thumbnail[: len(with_thumbnail) - 500]), "truncated")
+    assert_clear_4xx(post(client, "/detect", with_thumbnail[: len(with_thumbnail) - 500]), "truncated", status=422)
 
 
 # Polyglots: bytes that are two things at once ---------------------------------------------------------------
@@ -159,13 +162,13 @@ def test_a_png_carrying_a_script_in_a_text_chunk_is_read_as_the_image(client):
 
 @pytest.mark.parametrize("prefix", [b"<html><body>", b"%PDF-1.4\n", b"#!/bin/sh\n", b"PK\x03\x04"])
 def test_an_image_behind_another_format_header_is_not_an_image(client, prefix):
-    assert_clear_4xx(post(client, "/count_objects", prefix + image_bytes("car2.jpg")), "not an image")
+    assert_clear_4xx(post(client, "/count_objects", prefix + image_bytes("car2.jpg")), "not an image", status=415)
 
 
 def test_a_zip_of_images_and_a_gif_javascript_polyglot_are_not_images(client):
-    assert_clear_4xx(post(client, "/count_objects", zip_archive()), "not an image")
+    assert_clear_4xx(post(client, "/count_objects", zip_archive()), "not an image", status=415)
     gif_javascript = b"GIF89a/*\x0a\x00\x0a\x00\x00\x00\x00*/=alert(document.domain);//;"
-    assert_clear_4xx(post(client, "/count_objects", gif_javascript))
+    assert_clear_4xx(post(client, "/count_objects", gif_javascript), status=415)
 
 
 # Dimensions -------------------------------------------------------------------------------------------------
@@ -319,7 +322,7 @@ def file_part(data: bytes, name: bytes = b"file") -> tuple[bytes, bytes]:
 def test_a_form_with_a_thousand_parts_is_a_clear_422(client):
     junk = [(b'Content-Disposition: form-data; name="f%d"' % i, b"x") for i in range(1000)]
     body, headers = multipart(junk + [file_part(image_bytes("car.jpg"))])
-    assert_clear_4xx(client.post("/count_objects", content=body, headers=headers), "parts")
+    assert_clear_4xx(client.post("/count_objects", content=body, headers=headers), "parts", status=422)
 
 
 @pytest.mark.parametrize("headers", [
@@ -329,18 +332,18 @@ def test_a_form_with_a_thousand_parts_is_a_clear_422(client):
 ], ids=["huge-part-name", "huge-file-name", "two-thousand-part-headers"])
 def test_huge_part_headers_are_a_clear_422(client, headers):
     body, request_headers = multipart([(headers, image_bytes("car.jpg"))])
-    assert_clear_4xx(client.post("/count_objects", content=body, headers=request_headers), "multipart")
+    assert_clear_4xx(client.post("/count_objects", content=body, headers=request_headers), "multipart", status=422)
 
 
 def test_a_boundary_longer_than_the_multipart_limit_is_a_clear_422(client):
     body, headers = multipart([file_part(image_bytes("car.jpg"))], boundary=b"b" * 5000)
-    assert_clear_4xx(client.post("/count_objects", content=body, headers=headers), "boundary")
+    assert_clear_4xx(client.post("/count_objects", content=body, headers=headers), "boundary", status=422)
 
 
 def test_a_body_cut_before_its_closing_boundary_is_a_clear_422(client):
     body, headers = multipart([file_part(image_bytes("car.jpg"))])
     response = client.post("/count_objects", content=body[: -len(b"--hostile-boundary--\r\n") - 2], headers=headers)
-    assert_clear_4xx(response, "closing boundary")
+    assert_clear_4xx(response, "closing boundary", status=422)
 
 
 def test_only_the_first_file_field_is_read(client):
@@ -351,15 +354,15 @@ def test_only_the_first_file_field_is_read(client):
 # Parameters and request heads of absurd length --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params, words", [
-    ({"model": "m" * 10_000}, ["model", "64"]),
-    ({"model": "yolov3-tiny\u202e\u0000" + "\U0001f600" * 20}, ["unknown model"]),
-    ({"confidence": "1e400"}, ["confidence"]),
-    ({"confidence": "0." + "5" * 10_000 + "x"}, ["confidence"]),
+@pytest.mark.parametrize("params, words, status", [
+    ({"model": "m" * 10_000}, ["model", "64"], 422),
+    ({"model": "yolov3-tiny\u202e\u0000" + "\U0001f600" * 20}, ["unknown model"], 404),
+    ({"confidence": "1e400"}, ["confidence"], 422),
+    ({"confidence": "0." + "5" * 10_000 + "x"}, ["confidence"], 422),
 ])
-def test_absurd_parameters_are_a_clear_4xx(client, params, words):
+def test_absurd_parameters_are_a_clear_4xx(client, params, words, status):
     for endpoint in ENDPOINTS:
-        assert_clear_4xx(post(client, endpoint, image_bytes("car.jpg"), params=params), *words)
+        assert_clear_4xx(post(client, endpoint, image_bytes("car.jpg"), params=params), *words, status=status)
 
 
 def test_a_confidence_with_ten_thousand_digits_is_still_a_number(client):
@@ -373,14 +376,39 @@ def test_seven_hundred_repeated_parameters_are_answered(client):
     assert response.status_code == 200 and response.json() == {"items": {"car": 1}}
 
 
-@pytest.mark.parametrize("request_head", [
-    b"GET /models?" + b"model=yolov4-tiny&" * 1200 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
-    b"GET /models HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
-], ids=["long-request-target", "long-header"])
-def test_a_whole_request_head_over_the_limit_is_refused_however_it_arrives(server, request_head):
-    """Read in pieces, h11 refuses it while incomplete (400); read at once, RequestHeadLimit does (414/431)."""
-    status = raw_http(server.port, request_head).split(b" ", 2)[1]
-    assert status in {b"400", b"414", b"431"}
+LONG_REQUEST_TARGET = b"GET /models?" + b"model=yolov4-tiny&" * 1200 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+LONG_HEADER = b"GET /models HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n"
+
+
+def sent_in_one_write(port: int, request: bytes) -> bytes:
+    """The whole request in one write, through a send buffer larger than it: on loopback it reaches the server
+    as one segment, so the server reads it whole."""
+    with socket.socket() as connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * len(request))
+        connection.settimeout(30)
+        connection.connect(("127.0.0.1", port))
+        assert connection.send(request) == len(request)
+        return read_http_response(connection)
+
+
+def first_piece_only(port: int, request: bytes) -> bytes:
+    """One byte more than the head limit, and nothing after it until the server has answered."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request[: REQUEST_HEAD_LIMIT_BYTES + 1])
+        return read_http_response(connection)
+
+
+@pytest.mark.parametrize("request_head, status", [(LONG_REQUEST_TARGET, b"414"), (LONG_HEADER, b"431")],
+                         ids=["long-request-target", "long-header"])
+def test_a_whole_request_head_over_the_limit_read_at_once_is_refused_by_the_head_limit(server, request_head, status):
+    """Read at once, h11 parses the head whole; RequestHeadLimit refuses it (414 or 431)."""
+    assert sent_in_one_write(server.port, request_head).split(b" ", 2)[1] == status
+
+
+@pytest.mark.parametrize("request_head", [LONG_REQUEST_TARGET, LONG_HEADER], ids=["long-request-target", "long-header"])
+def test_a_request_head_still_incomplete_past_the_limit_is_refused_by_h11_with_400(server, request_head):
+    """Read in pieces, h11 refuses it while incomplete: 400, before the rest comes."""
+    assert first_piece_only(server.port, request_head).startswith(b"HTTP/1.1 400 ")
 
 
 @pytest.mark.parametrize("request_head", [
@@ -394,26 +422,40 @@ def test_a_request_head_that_never_ends_is_refused_by_the_http_layer_with_400(se
 # Cost of parsing --------------------------------------------------------------------------------------------
 
 
+def unread_by_the_server(connection: socket.socket) -> int:
+    """Bytes sent on `connection` that the server process has not read yet: still in this side's send queue
+    or in the server's receive queue (Linux's /proc/net/tcp, both ends on 127.0.0.1)."""
+    ours, theirs = connection.getsockname()[1], connection.getpeername()[1]
+    unread = 0
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        send_queue, receive_queue = (int(count, 16) for count in fields[4].split(":"))
+        if (local, remote) == (ours, theirs):
+            unread += send_queue
+        elif (local, remote) == (theirs, ours):
+            unread += receive_queue
+    return unread
+
+
+def answered(connection: socket.socket) -> bool:
+    return bool(select.select([connection], [], [], 0)[0])
+
+
 def test_an_upload_that_is_slow_to_parse_does_not_stall_other_requests(server, client):
-    """Pillow reads JPEG headers in Python: megabytes of fill bytes take it seconds. That work runs off the
-    event loop, so the probes are answered while it lasts (the upload is refused right after it, with 413)."""
+    """Megabytes of fill bytes take Pillow seconds to read as a JPEG header. That work runs off the event
+    loop, so the probes are answered while it lasts (the upload is refused right after it, with 413)."""
     slow = b"\xff\xd8" + b"\xff" * 9_000_000 + jpeg_declaring(60_000, 60_000)[2:]
-    finished: list[float] = []
-
-    def send() -> None:
-        with httpx.Client(base_url=server.url, timeout=120) as own:
-            assert post(own, "/count_objects", slow).status_code == 413
-        finished.append(time.monotonic())
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    time.sleep(0.5)  # the upload is in; its header is being parsed
-    answered = []
-    while sender.is_alive() and len(answered) < 3:
-        assert client.get("/healthz").status_code == 200
-        answered.append(time.monotonic())
-    sender.join()
-    assert finished and len(answered) == 3 and answered[-1] < finished[0]
+    body, headers = multipart([file_part(slow)])
+    head = (f"POST /count_objects HTTP/1.1\r\nHost: x\r\nContent-Type: {headers['content-type']}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=120) as upload:
+        upload.sendall(head + body)
+        assert eventually(lambda: unread_by_the_server(upload) == 0, timeout_s=30)  # the upload is in: parsing
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 200
+        assert not answered(upload), "the probes were answered only once the slow upload was"
+        assert read_http_response(upload).startswith(b"HTTP/1.1 413 ")
 
 
 # Clients that stall or leave --------------------------------------------------------------------------------
@@ -430,12 +472,21 @@ def strict(model_store, tmp_path_factory):
     yield from serving(env, tmp_path_factory.mktemp("strict"))
 
 
+def in_flight(live: LiveServer) -> float:
+    with httpx.Client(base_url=live.url, timeout=10) as http:
+        return value(scrape(http), "yoso_requests_in_flight")
+
+
+def count_objects_lines(live: LiveServer) -> list[str]:
+    return [line for line in live.log().splitlines() if " yoso.access: POST /count_objects " in line]
+
+
 def test_stalled_uploads_neither_hold_inference_capacity_nor_outlive_the_request_timeout(strict):
     stalled = [socket.create_connection(("127.0.0.1", strict.port), timeout=30) for _ in range(2)]
     try:
         for connection in stalled:
             connection.sendall(STALLED_UPLOAD)
-        time.sleep(0.5)
+        assert eventually(lambda: in_flight(strict) == 2, timeout_s=30)  # both admitted, their uploads pending
         with httpx.Client(base_url=strict.url, timeout=30) as http:
             # as many stalled uploads as the whole inference capacity: a complete request is still served
             assert post(http, "/count_objects", image_bytes("car.jpg")).json() == {"items": {"car": 1}}
@@ -449,10 +500,14 @@ def test_stalled_uploads_neither_hold_inference_capacity_nor_outlive_the_request
 
 
 def test_a_client_that_leaves_mid_upload_is_not_a_server_error(strict):
+    assert eventually(lambda: in_flight(strict) == 0, timeout_s=30)  # what earlier tests sent is all answered
+    logged = len(count_objects_lines(strict))
     with socket.create_connection(("127.0.0.1", strict.port), timeout=30) as connection:
         connection.sendall(STALLED_UPLOAD + b"x" * 1000)
-        time.sleep(0.3)
-    time.sleep(0.5)
+        assert eventually(lambda: in_flight(strict) == 1, timeout_s=30)  # admitted, mid-upload when it leaves
+    assert eventually(lambda: len(count_objects_lines(strict)) > logged, timeout_s=30), strict.log()[-3000:]
+    [left] = count_objects_lines(strict)[logged:]
+    assert " POST /count_objects 499 " in left  # the client closed the connection: no 5xx
     assert "Traceback" not in strict.log()
     assert httpx.get(f"{strict.url}/readyz").status_code == 200
 
@@ -460,9 +515,7 @@ def test_a_client_that_leaves_mid_upload_is_not_a_server_error(strict):
 def test_a_newline_in_the_path_cannot_forge_an_access_log_line(server):
     forged = "INFO yoso.access: GET /admin 200 0.1 ms"
     raw_http(server.port, f"GET /nothing%0a{forged.replace(' ', '%20')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    deadline = time.monotonic() + 5
-    while "/nothing" not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert eventually(lambda: "/nothing" in server.log(), timeout_s=30)
     lines = server.log().splitlines()
     assert any("/nothing\\n" in line for line in lines)
     assert not any(line.startswith(forged) for line in lines)

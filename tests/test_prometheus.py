@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.deploy_files import K8S_DIR, load_yaml_documents
-from tests.support import ROOT, LiveServer, free_port, image_bytes
+from tests.support import ROOT, LiveServer, eventually, free_port, image_bytes
 
 PROMETHEUS = ROOT / "prometheus"
 CONF_DIR = PROMETHEUS / "conf_dir"
@@ -138,17 +138,16 @@ def running_prometheus(config: dict, workdir: Path) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, (workdir / "prometheus.log").read_text()
+        try:
+            return httpx.get(url + "/-/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (workdir / "prometheus.log").read_text()
-            try:
-                if httpx.get(url + "/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus did not become ready"
-            time.sleep(0.1)
+        assert eventually(ready, timeout_s=60), "Prometheus did not become ready"
         yield url
     finally:
         process.terminate()
@@ -186,13 +185,20 @@ def send_traffic(url: str) -> None:
         http.post("/detect", params={"model": "no-such-model"}, files={"file": ("c.jpg", image_bytes("clock.jpg"))})
 
 
+def last_scrape(prometheus: str) -> float:
+    """When Prometheus last scraped yoso (Unix seconds; 0 before the first scrape)."""
+    result = query(prometheus, 'timestamp(up{job="yoso"})')["result"]
+    return max((float(series["value"][1]) for series in result), default=0.0)
+
+
 def test_every_dashboard_query_returns_data_and_every_alert_rule_evaluates(prometheus, server):
     queries = [(title, as_prometheus_sees_it(expr)) for title, expr in board_queries()]
     without_data = queries
     deadline = time.monotonic() + 90
     while without_data and time.monotonic() < deadline:  # a rate needs a scrape on each side of the traffic
         send_traffic(server.url)
-        time.sleep(1)
+        sent = time.time()
+        assert eventually(lambda: last_scrape(prometheus) > sent, timeout_s=30), "Prometheus stopped scraping yoso"
         without_data = [(title, expr) for title, expr in queries if not has_a_number(query(prometheus, expr))]
     assert not without_data, f"dashboard queries without data (or only NaN): {without_data}"
 
@@ -208,13 +214,11 @@ def test_every_dashboard_query_returns_data_and_every_alert_rule_evaluates(prome
 
 def eventually_evaluated(prometheus: str) -> bool:
     """Every rule has been evaluated by the rule manager, without error."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def evaluated() -> bool:
         rules = httpx.get(prometheus + "/api/v1/rules", timeout=10).json()["data"]["groups"][0]["rules"]
-        if all(rule["health"] == "ok" and not rule.get("lastError") for rule in rules):
-            return True
-        time.sleep(0.5)
-    return False
+        return all(rule["health"] == "ok" and not rule.get("lastError") for rule in rules)
+
+    return eventually(evaluated, timeout_s=30)
 
 
 def discovered_pod_target(address: str, pod: dict, port_name: str, name: str) -> dict:
@@ -243,10 +247,8 @@ def test_the_kubernetes_job_scrapes_the_deployment_pods_on_their_http_port_as_jo
         discovered_pod_target("127.0.0.1:2", other_app, "http", "other-1"),
     ]
     with running_prometheus(config, tmp_path) as prometheus:
-        deadline = time.monotonic() + 20
-        while not query(prometheus, 'up{job="yoso"} == 1')["result"]:
-            assert time.monotonic() < deadline, "the yoso pod was never scraped"
-            time.sleep(0.2)
+        assert eventually(lambda: query(prometheus, 'up{job="yoso"} == 1')["result"], timeout_s=30), (
+            "the yoso pod was never scraped")
         targets = httpx.get(prometheus + "/api/v1/targets", timeout=10).json()["data"]
         [active] = targets["activeTargets"]
         assert (active["labels"]["job"], active["labels"]["namespace"], active["labels"]["pod"]) == (

@@ -84,12 +84,10 @@ def refusals(live: LiveServer) -> Counter[str]:
 
 def stopped_as_it_starts(live: LiveServer) -> psutil.Process:
     """The server's first worker, stopped (SIGSTOP) as soon as it exists: long before it can load a model."""
-    deadline = time.monotonic() + 30
-    while not (workers := inference_workers(live.process.pid)):
-        assert time.monotonic() < deadline, live.log()
-        time.sleep(0.005)
-    workers[0].suspend()
-    return workers[0]
+    assert eventually(lambda: inference_workers(live.process.pid), timeout_s=30, interval_s=0.005), live.log()
+    worker = inference_workers(live.process.pid)[0]  # polled every 5 ms: caught before it loads a model
+    worker.suspend()
+    return worker
 
 
 def head_only(live: LiveServer, headers: str = "") -> bytes:
@@ -165,12 +163,22 @@ def test_a_request_admitted_from_its_head_is_checked_again_once_its_upload_has_a
 
 
 def test_past_the_queue_cap_requests_are_refused_whatever_the_budget(start):
+    """One worker, stopped: the first request runs on it, the second waits, and the queue (cap 1) is full until
+    all ten others have been refused."""
     live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="1", YOSO_MAX_QUEUE_WAIT_MS="60000")
-    responses = asyncio.run(burst(live.url, 12))
-    statuses = Counter(r.status_code for r in responses)
-    assert set(statuses) == {200, 503} and statuses[200] >= 2, statuses  # the running request and the queued one
+    [worker] = inference_workers(live.process.pid)
+    worker.suspend()
+
+    async def burst_on_a_stopped_worker() -> list[httpx.Response]:
+        requests = asyncio.ensure_future(burst(live.url, 12))
+        assert await asyncio.to_thread(eventually, lambda: sum(refusals(live).values()) == 10, 30)
+        worker.resume()
+        return await requests
+
+    responses = asyncio.run(burst_on_a_stopped_worker())
+    assert Counter(r.status_code for r in responses) == Counter({200: 2, 503: 10})
     assert all("YOSO_MAX_QUEUE" in r.json()["detail"] for r in responses if r.status_code == 503)
-    assert refusals(live) == Counter(queue_cap=statuses[503])
+    assert refusals(live) == Counter(queue_cap=10)
     assert detect(live).json() == EXPECTED  # once the burst is over, the server serves again
 
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import TINY_MODELS
-from tests.support import LiveServer, image_bytes, serving
+from tests.support import LiveServer, eventually, image_bytes, serving
 
 CONCURRENCY = 4
 WARM_UP_REQUESTS = 300
@@ -74,9 +74,15 @@ def processes(server: LiveServer) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def connections_closed(server: LiveServer) -> bool:
+    """The server holds no TCP connection but its listening socket: it has closed those its clients closed."""
+    return all(c.status == psutil.CONN_LISTEN for p in processes(server) for c in p.net_connections("tcp"))
+
+
 def footprint(server: LiveServer) -> tuple[int, int, set[int]]:
     """Resident bytes and open descriptors of the server and all its processes, and their pids."""
-    time.sleep(1)  # let closed connections be reaped
+    assert eventually(lambda: connections_closed(server), timeout_s=30), [
+        c for p in processes(server) for c in p.net_connections("tcp")]
     members = processes(server)
     return sum(p.memory_info().rss for p in members), sum(p.num_fds() for p in members), {p.pid for p in members}
 

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +23,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
 
-from tests.support import ROOT, LiveServer, free_port, image_bytes
+from tests.support import ROOT, LiveServer, eventually, free_port, image_bytes
 from yoso.config import load_settings
 from yoso.observability.tracing import tracer_provider
 
@@ -87,11 +86,16 @@ class SpanReceiver:
         return requests
 
 
-def wait_for(found: Callable[[], list], timeout_s: float = 20) -> list:
-    deadline = time.monotonic() + timeout_s
-    while not (result := found()):
-        assert time.monotonic() < deadline, "the expected spans never arrived"
-        time.sleep(0.1)
+def wait_for(found: Callable[[], list], timeout_s: float = 30) -> list:
+    """What `found()` returns once it is not empty (the spans a test waits for have arrived)."""
+    result: list = []
+
+    def arrived() -> bool:
+        nonlocal result
+        result = found()
+        return bool(result)
+
+    assert eventually(arrived, timeout_s), "the expected spans never arrived"
     return result
 
 
@@ -203,15 +207,25 @@ def test_otlp_carries_the_same_tree_and_otel_service_name_wins(receiver, start_s
     assert {line["service"] for line in lines} == {"named-by-the-platform"}  # logs name the service as traces do
 
 
+# The line each exporter logs when an export attempt fails (ours for Zipkin, the SDK's for OTLP).
+EXPORT_FAILED = {"zipkin": "could not send", "otlp": "Failed to export spans batch"}
+
+
 @pytest.mark.parametrize("exporter", ["zipkin", "otlp"])
 def test_a_collector_that_is_down_fails_no_request(exporter, start_server):
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     live = start_server({"YOSO_OTEL_INSTRUMENT_EXPORTER": exporter, "YOSO_ZIPKIN_ENDPOINT": closed + "/api/v2/spans",
                          "OTEL_EXPORTER_OTLP_ENDPOINT": closed, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"})
+
+    def failed_exports() -> int:
+        return sum(EXPORT_FAILED[exporter] in line for line in live.log().splitlines())
+
     with httpx.Client(base_url=live.url, timeout=60) as http:
         for _ in range(3):
+            failed_before = failed_exports()
             assert http.post("/count_objects", files=upload("car.jpg")).json() == {"items": {"car": 1}}
-            time.sleep(0.3)  # let an export attempt fail in between
+            # the next request comes after an export attempt has failed (this request's spans, at the latest)
+            assert eventually(lambda: failed_exports() > failed_before, timeout_s=30), live.log()
         assert http.get("/readyz").status_code == 200
     log = live.log()
     traced = [line for line in log.splitlines() if "POST /count_objects 200" in line and "trace_id=" in line]
@@ -222,15 +236,25 @@ def test_a_collector_that_is_down_fails_no_request(exporter, start_server):
 def test_a_sampled_out_request_exports_no_span_and_logs_no_trace_id(start_server):
     live = start_server({"YOSO_OTEL_INSTRUMENT_EXPORTER": "console", "YOSO_OTEL_SAMPLING_RATIO": "0",
                          "YOSO_LOG_FORMAT": "json", "YOSO_SERVICE_NAME": "yoso-under-test"})
+    # Sampling is parent-based: a request whose caller sampled its trace is traced even at ratio 0. Its span
+    # is exported after any span of the requests before it (spans leave in the order they end), so once it is
+    # on the console, a span of the sampled-out requests would be there too.
+    marker = "0af7651916cd43dd8448eb211c80319c"
     with httpx.Client(base_url=live.url, timeout=60) as http:
         assert http.post("/detect", files=upload("car.jpg")).status_code == 200
-        http.get("/healthz")
-    time.sleep(0.5)  # a span would have been flushed by now (OTEL_BSP_SCHEDULE_DELAY is 100 ms)
-    lines = [json.loads(line) for line in live.log().splitlines() if line.strip()]
-    assert not [line for line in lines if "trace_id" in line or "context" in line]  # no id, no console span
-    access = [line for line in lines if line.get("logger") == "yoso.access"]
-    assert {line["path"] for line in access} >= {"/detect", "/healthz"}
-    assert {line["service"] for line in lines} == {"yoso-under-test"}
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/healthz", headers={"traceparent": f"00-{marker}-b7ad6b7169203331-01"}).status_code == 200
+
+    def lines() -> list[dict]:
+        return [json.loads(line) for line in live.log().splitlines() if line.strip()]  # every line is JSON
+
+    [span] = wait_for(lambda: [line for line in lines() if "context" in line])  # the console span of the marker
+    assert span["context"]["trace_id"] == f"0x{marker}" and span["name"] == "GET /healthz"
+    logs = [line for line in lines() if "context" not in line]
+    assert [line["path"] for line in logs if "trace_id" in line] == ["/healthz"]  # the marker's access line only
+    access = [line for line in logs if line.get("logger") == "yoso.access" and "trace_id" not in line]
+    assert [line["path"] for line in access if line["path"] != "/readyz"] == ["/detect", "/healthz"]  # after start
+    assert {line["service"] for line in logs} == {"yoso-under-test"}
 
 
 def test_tracing_works_in_dev_mode_with_spans_on_the_console(start_server):
