@@ -119,7 +119,7 @@ def _markdown(rows: list[dict], raw_limit: float, raw_steal: float, latency_ms: 
 
 def _markdown_targets(checks: list[Target]) -> str:
     lines = ["| target | measured | bound | |", "|---|---|---|---|"]
-    lines += [f"| {check.name} | {check.value:.3g} | {check.op} {check.bound:g} | {'met' if check.met else 'MISSED'} |"
+    lines += [f"| {check.name} | {check.value:.4g} | {check.op} {check.bound:g} | {'met' if check.met else 'MISSED'} |"
               for check in checks]
     return "\n".join(lines)
 
