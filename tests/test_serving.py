@@ -34,6 +34,8 @@ from tests.support import (
     value,
 )
 from yoso.api.admission import TIMEOUT_HEADER
+from yoso.config import Settings
+from yoso.cores import available_cores
 
 IMAGE = "dog_person_horse.jpg"
 EXPECTED = {"items": EXPECTED_COUNTS["yolov3-tiny"][IMAGE]}
@@ -103,9 +105,10 @@ def head_only(live: LiveServer, headers: str = "") -> bytes:
 
 
 def test_a_burst_of_32_requests_on_the_default_settings_is_answered_200_in_full(start):
-    """32 images take two workers about 1.4 s here, within the 2 s wait budget. On a host slowed down below
-    ~16 images/s the last of them would wait past the budget: then, and only then, may those be refused, and
-    the others must have kept both workers busy for most of the budget (a refusal is never a guess)."""
+    """32 images take two workers about 1.4 s here, within the 2 s wait budget. On a host slowed down to about
+    16 images/s the last of them would wait about the budget: then, and only then, may some be refused. A
+    refusal is never a guess: at the rate the others were served, the last of 32 would have waited at least
+    90 % of the budget (the task times admission learned are estimates)."""
     live = start()
 
     async def timed_burst() -> tuple[list[httpx.Response], float]:
@@ -116,7 +119,9 @@ def test_a_burst_of_32_requests_on_the_default_settings_is_answered_200_in_full(
     statuses = Counter(r.status_code for r in responses)
     assert all(r.json() == EXPECTED for r in responses if r.status_code == 200)
     if statuses[503]:
-        assert set(statuses) == {200, 503} and last_answer_s > 1.5, (statuses, last_answer_s)
+        workers, budget_s = available_cores(), Settings.model_fields["max_queue_wait_ms"].default / 1000  # defaults
+        last_would_wait_s = (32 - workers) / (statuses[200] / last_answer_s)
+        assert set(statuses) == {200, 503} and last_would_wait_s > 0.9 * budget_s, (statuses, last_answer_s)
         assert refusals(live) == Counter(budget=statuses[503])
     else:
         assert statuses == Counter({200: 32}) and sum(refusals(live).values()) == 0
