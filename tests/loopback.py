@@ -30,6 +30,29 @@ class Received:
     headers: dict[str, str]
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class LoopbackHTTP:
+    """An HTTP server on 127.0.0.1, answering with `handler` in a thread of its own from construction on."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
 class ScriptedServer:
     """An HTTP/1.1 server answering request n with replies[n] (the last reply once the script runs out)."""
 

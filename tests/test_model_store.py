@@ -15,14 +15,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests.loopback import LoopbackHTTP, QuietHandler
 from tests.support import ROOT, free_port
 from yoso.model.store import ModelStore, ProvisionError, sha256_of
 from yoso.model.zoo import ZOO, ModelSpec, PyPISource
@@ -47,7 +46,7 @@ class FileServer:
         self.requested: list[str] = []
         served = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 served.requested.append(self.path)
                 data = served.files.get(self.path)
@@ -59,21 +58,14 @@ class FileServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = LoopbackHTTP(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return self.http.url
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        self.http.close()
 
 
 @pytest.fixture()
