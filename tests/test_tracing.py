@@ -41,7 +41,7 @@ class Post:
     body: bytes
 
 
-class SpanReceiver:
+class SpanReceiver(LoopbackHTTP):
     """A loopback stand-in for a Zipkin server or an OTLP/HTTP collector: keeps every POST it gets."""
 
     def __init__(self) -> None:
@@ -58,14 +58,7 @@ class SpanReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.http = LoopbackHTTP(Handler)
-
-    @property
-    def url(self) -> str:
-        return self.http.url
-
-    def close(self) -> None:
-        self.http.close()
+        super().__init__(Handler)
 
     def zipkin_spans(self) -> list[dict]:
         return [span for post in self.posts for span in json.loads(post.body)]
