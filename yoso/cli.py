@@ -27,6 +27,9 @@ def serve() -> None:
     run_server(load_settings())
 
 
+SECRETS = ("api_key", "metrics_token")  # shown as set or not, never spelled out
+
+
 @main.command("settings")
 @click.option("--markdown", is_flag=True, help="Every setting with its default, as docs/settings.md shows them.")
 def show_settings(markdown: bool) -> None:
@@ -43,9 +46,6 @@ def show_settings(markdown: bool) -> None:
     for name in Settings.model_fields:
         value = as_variable(getattr(settings, name))
         click.echo(f"YOSO_{name.upper()}={'(set)' if name in SECRETS and value else value}")
-
-
-SECRETS = ("api_key", "metrics_token")  # shown as set or not, never spelled out
 
 
 def settings_table() -> str:

@@ -3,8 +3,8 @@
 Admission (yoso.serving.admission) decides which requests may wait here; the scheduler keeps them in order.
 When a worker frees up, the oldest waiting request goes to it together with up to `max_batch_size - 1`
 later ones for the same model, confidence and answer (annotated or not). With a batch delay, a lone request
-may wait that long for company while a worker sits idle. A request whose caller has given up (client gone, timeout) is dropped
-before it reaches a worker.
+may wait that long for company while a worker sits idle. A request whose caller has given up (client gone,
+timeout) is dropped before it reaches a worker.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
 from typing import Protocol
 
 from yoso.config import Settings, WorkerPriority
