@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import LiveServer, serving
+from tests.support import LiveServer, http_client, serving
 from yoso.config import load_settings
 from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
@@ -33,5 +33,4 @@ def server(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture()
 def client(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as http:
-        yield http
+    yield from http_client(server)

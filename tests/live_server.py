@@ -39,9 +39,11 @@ def free_port() -> int:
 
 @dataclass
 class LiveServer:
-    """`python -m yoso.server` in its own process, configured only through YOSO_ variables."""
+    """`python -m yoso.server` in its own process, configured only through YOSO_ variables (or other
+    `arguments`: `["-m", "yoso", "serve", "--pid-file", path]` runs the `yoso serve` command)."""
 
     env: dict[str, str] = field(default_factory=dict)
+    arguments: list[str] = field(default_factory=lambda: ["-m", "yoso.server"])  # after the interpreter's path
     own_process_group: bool = False  # a session of its own, so that a signal can go to the whole group
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -55,7 +57,7 @@ class LiveServer:
         env = {**os.environ, "YOSO_HOST": "127.0.0.1", "YOSO_PORT": str(self.port), **self.env}
         self.log_path = log_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "yoso.server"], cwd=ROOT, env=env,
+            [sys.executable, *self.arguments], cwd=ROOT, env=env,
             stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=self.own_process_group,
         )
         if wait_ready:

@@ -3,10 +3,12 @@
 A real overload (503 + Retry-After) or a server still loading its models depends on timing, and a
 server that accepts a connection but never answers is not something yoso does at all; the client's
 handling of them is tested against these, on 127.0.0.1 only. Everything else runs against a real server.
+No Zipkin server or OpenTelemetry collector can be installed here either: SpanReceiver stands in for both.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -14,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,41 @@ def silent_server() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@dataclass(frozen=True)
+class Post:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class SpanReceiver(LoopbackHTTP):
+    """A loopback stand-in for a Zipkin server or an OTLP/HTTP collector: keeps every POST it gets."""
+
+    def __init__(self) -> None:
+        self.posts: list[Post] = []
+        receiver = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.posts.append(Post(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(202 if self.path.startswith("/api/v2") else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        super().__init__(Handler)
+
+    def zipkin_spans(self) -> list[dict]:
+        return [span for post in self.posts for span in json.loads(post.body)]
+
+    def otlp_requests(self) -> list[ExportTraceServiceRequest]:
+        requests = []
+        for post in self.posts:
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(post.body)
+            requests.append(request)
+        return requests

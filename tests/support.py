@@ -74,6 +74,17 @@ def inference_workers(server_pid: int) -> list:
     return [child for child in psutil.Process(server_pid).children() if is_worker(child)]
 
 
+def http_client(live: LiveServer) -> Iterator[httpx.Client]:
+    """The body of a client fixture for a live server: `yield from http_client(server)`."""
+    with httpx.Client(base_url=live.url, timeout=60) as http:
+        yield http
+
+
+def file_field(data: bytes, name: str = "image") -> dict:
+    """`files=` for an upload in the `file` field, as yoso takes images (its type is read from the bytes)."""
+    return {"file": (name, data, "application/octet-stream")}
+
+
 def image_bytes(name: str) -> bytes:
     return (DATA / name).read_bytes()
 

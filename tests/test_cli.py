@@ -20,7 +20,7 @@ from tests.support import DATA, EXPECTED_COUNTS, ROOT, SAMPLE_IMAGES, free_port,
 from yosoclient.cli import main
 
 API_KEY = "test-key-5b1d"
-COMMANDS = ["predict", "predict-dir", "count", "detect", "models", "health"]
+COMMANDS = ["predict", "predict-dir", "count", "detect", "infer", "models", "health"]
 
 
 def yosoclient(*args: str, url: str | None = None, cwd: Path = ROOT, env: dict[str, str] | None = None,
@@ -153,8 +153,8 @@ def test_models_shows_the_zoo(server):
     table = CliRunner().invoke(main, ["--url", server.url, "models"])
     assert table.exit_code == 0, table.output
     rows = {line.split()[0]: line.split() for line in table.output.strip().splitlines()[1:]}
-    assert rows["yolov3-tiny"][1:4] == ["*", "yes", "yes"]
-    assert rows["yolov4-tiny"][1:3] == ["yes", "yes"]
+    assert rows["yolov3-tiny"][1:5] == ["*", "detector", "yes", "yes"]
+    assert rows["yolov4-tiny"][1:4] == ["detector", "yes", "yes"]
     as_json = json.loads(CliRunner().invoke(main, ["--url", server.url, "models", "--json"]).output)
     assert as_json["default"] == "yolov3-tiny"
     assert {m["name"] for m in as_json["models"]} >= {"yolov3-tiny", "yolov4-tiny", "yolov3", "yolov4"}
@@ -184,7 +184,7 @@ def test_every_command_help_has_an_example(command):
 def test_connection_refused_fails_in_one_line(command, tmp_path):
     image = str(DATA / "car.jpg")
     args = {"predict": [image, "-o", str(tmp_path / "o.jpg")], "predict-dir": [str(DATA), str(tmp_path)],
-            "count": [image], "detect": [image]}.get(command, [])
+            "count": [image], "detect": [image], "infer": ["doubler", "[1]"]}.get(command, [])
     result = yosoclient(command, *args, url=f"http://127.0.0.1:{free_port()}")
     assert_failed_with_one_line(result, "cannot connect", "Connection refused", "--url")
 

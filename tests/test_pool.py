@@ -8,14 +8,15 @@ import time
 
 from tests.support import EXPECTED_COUNTS, image_bytes
 from yoso.serving.pool import Exit, TaskOverran, WorkerPool
-from yoso.serving.tasks import Running, Task, WorkerConfig
+from yoso.serving.tasks import ModelEntry, Running, Task, WorkerConfig
 
 IMAGE = "dog_person_horse.jpg"
 TASK = Task("yolov3-tiny", 0.5, (image_bytes(IMAGE),), annotate=False, threads=1)
 
 
 def one_worker(model_store) -> WorkerPool:
-    config = WorkerConfig(model_store.model_dir, ["yolov3-tiny"], cores=1, busy_threads=1, max_pixels=40_000_000,
+    entries = {"yolov3-tiny": ModelEntry("yolov3-tiny", "yoso.model.yolo:Yolov3Tiny")}
+    config = WorkerConfig(entries, ["yolov3-tiny"], cores=1, busy_threads=1, max_pixels=40_000_000,
                           idle_priority=True)
     return WorkerPool(1, config, startup_timeout_s=120)
 
@@ -30,7 +31,7 @@ def test_stopping_the_pool_answers_the_task_still_running_and_the_workers_exit_c
         return await asyncio.wait_for(running, 5), process.exitcode
 
     outcome, exit_code = asyncio.run(run_then_stop())
-    labels = [d.label for d in outcome.images[0].detections]
+    labels = [d.label for d in outcome.jobs[0].detections]
     assert {label: labels.count(label) for label in labels} == EXPECTED_COUNTS["yolov3-tiny"][IMAGE]
     assert exit_code == 0
 
@@ -83,7 +84,7 @@ def test_a_task_past_its_deadline_is_answered_overran_and_its_worker_replaced(mo
     overran, replaced, exit_code, served = asyncio.run(overrun())
     assert isinstance(overran, TaskOverran) and replaced == [Exit.hung]
     assert exit_code == -9  # killed, and reaped: no zombie
-    assert served.images[0].detections
+    assert served.jobs[0].detections
 
 
 async def _until(check) -> None:

@@ -75,7 +75,8 @@ def test_the_board_covers_what_an_operator_watches():
     titles = " ".join(title for title, _ in board_queries()).lower()
     for topic in ("requests per second by endpoint", "latency", "inference seconds by model", "detections",
                   "null-prediction ratio", "error ratio", "in flight", "models loaded",
-                  "refused requests per second by reason", "queue wait", "expected task seconds", "workers replaced"):
+                  "refused requests per second by reason", "queue wait", "expected task seconds", "workers replaced",
+                  "model steps"):
         assert topic in titles
     latency = [expr for title, expr in board_queries() if title.startswith("Latency")]
     assert [re.match(r"histogram_quantile\((0\.\d+)", expr).group(1) for expr in latency] == ["0.5", "0.95", "0.99"]

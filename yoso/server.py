@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -37,7 +42,7 @@ class DrainingServer(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, pid_file: str | Path | None = None) -> None:
     configure_logging(settings)
     # uvicorn applies log_config again in the process it reloads (dev mode); yoso writes the access lines.
     # reset_contextvars: each request starts from an empty context, not the one of the previous request on
@@ -48,12 +53,14 @@ def serve(settings: Settings) -> None:
                   log_config=logging_config(settings), access_log=False, reset_contextvars=True,
                   log_level=settings.log_level, timeout_graceful_shutdown=settings.shutdown_grace_s)
     if settings.dev_mode:
-        uvicorn.run("yoso.app:create_app", factory=True, reload=True, reload_dirs=["yoso"], **common)
+        with _pid_written(pid_file):
+            uvicorn.run("yoso.app:create_app", factory=True, reload=True, reload_dirs=["yoso"], **common)
         return
     app = create_app(settings)
     service: InferenceService = app.state.service
     _require_models(service)
-    DrainingServer(uvicorn.Config(app, **common), service).run()
+    with _pid_written(pid_file):
+        DrainingServer(uvicorn.Config(app, **common), service).run()
     if service.start_error is not None:
         raise SystemExit(f"yoso: {service.start_error}")
 
@@ -64,6 +71,36 @@ def _require_models(service: InferenceService) -> None:
         service.require_configured()
     except LookupError as error:
         raise SystemExit(f"yoso: {error}") from None
+
+
+@contextmanager
+def _pid_written(pid_file: str | Path | None) -> Iterator[None]:
+    """For scripts and supervisors that find the server by file (systemd tracks it without one). A reader sees
+    a whole pid or no file; on exit the file goes, unless a newer server has written its own pid there."""
+    if pid_file is None:
+        yield
+        return
+    path, pid = Path(pid_file), str(os.getpid())
+    temporary = None
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as file:
+            file.write(pid + "\n")
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        raise SystemExit(f"yoso: cannot write the pid file {path}: {error.strerror or error}; "
+                         "is its directory there and writable?") from None
+    try:
+        yield
+    finally:
+        try:
+            if path.read_text().strip() == pid:
+                path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def main() -> None:

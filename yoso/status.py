@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """A model of the zoo: installed (its files are in YOSO_MODEL_DIR), loaded (held in memory by
-    `workers_loaded` worker processes), its number of classes once installed, and its download size."""
+    """A served model: installed (it can load: for the zoo, its files are in YOSO_MODEL_DIR), loaded (held in
+    memory by `workers_loaded` worker processes), its number of classes when it declares its labels, what
+    `yoso models pull` downloads for it (0 for a plug-in), its kind (detector: images in, detections out;
+    model: JSON in, JSON out) and the class that serves it (module:Class)."""
 
     name: str
     installed: bool
@@ -19,3 +21,5 @@ class ModelStatus:
     workers_loaded: int
     classes: int | None
     download_bytes: int
+    kind: str = "detector"
+    model_class: str = ""

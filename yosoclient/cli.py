@@ -268,6 +268,28 @@ def detect(session: Session, file: Path, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("model")
+@click.argument("instances")
+@click.pass_obj
+def infer(session: Session, model: str, instances: str) -> None:
+    """Print the predictions of MODEL, a JSON model, for INSTANCES, a JSON list (- reads it from stdin).
+
+    Uses KServe's V1 protocol: POST /v1/models/MODEL:predict.
+
+    \b
+    Example:
+      yosoclient infer doubler '[1, 2, 3]'
+    """
+    try:
+        parsed = json.loads(sys.stdin.read() if instances == "-" else instances)
+    except json.JSONDecodeError as error:
+        raise Failure(f"INSTANCES is not JSON: {error}") from None
+    if not isinstance(parsed, list):
+        raise Failure("INSTANCES must be a JSON list, one entry per prediction")
+    click.echo(json.dumps(session.client.predict_instances(model, parsed)))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON instead of a table.")
 @click.pass_obj
 def models(session: Session, as_json: bool) -> None:
@@ -284,11 +306,11 @@ def models(session: Session, as_json: bool) -> None:
         click.echo(json.dumps(asdict(info), indent=2))
         return
     rows = [
-        (f"{m.name}{' *' if m.name == info.default else ''}", "yes" if m.installed else "no",
+        (f"{m.name}{' *' if m.name == info.default else ''}", m.kind, "yes" if m.installed else "no",
          "yes" if m.loaded else "no", m.workers_loaded, f"{m.download_bytes / 1e6:.0f} MB")
         for m in info.models
     ]
-    click.echo(_table(("model", "installed", "loaded", "workers", "download"), rows))
+    click.echo(_table(("model", "kind", "installed", "loaded", "workers", "download"), rows))
 
 
 @main.command()

@@ -19,6 +19,7 @@ from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import cv2
 import httpx
@@ -217,6 +218,12 @@ class Client:
         return DetectResult(body["model"], body["confidence"], body["width"], body["height"], detections,
                             body["inference_ms"])
 
+    def predict_instances(self, model: str, instances: list[Any]) -> list[Any]:
+        """A JSON model's predictions (KServe V1: POST /v1/models/{model}:predict), one per instance, in order."""
+        body = self._request("POST", f"/v1/models/{quote(model, safe='')}:predict", json={"instances": instances},
+                             headers=self._deadline()).json()
+        return list(body["predictions"])
+
     def models(self) -> ModelsInfo:
         body = self._request("GET", "/models").json()
         return ModelsInfo(body["default"], [ModelStatus(**model) for model in body["models"]])
@@ -238,7 +245,10 @@ class Client:
         if confidence is not None:
             params["confidence"] = confidence
         return self._request("POST", path, params=params, files={"file": (name, data, "application/octet-stream")},
-                             headers={TIMEOUT_HEADER: f"{max(1.0, self.timeout * 1000):.0f}"})
+                             headers=self._deadline())
+
+    def _deadline(self) -> dict[str, str]:
+        return {TIMEOUT_HEADER: f"{max(1.0, self.timeout * 1000):.0f}"}
 
     def _request(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kwargs: Any) -> httpx.Response:
         retries_left = self.retries

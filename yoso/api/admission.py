@@ -8,6 +8,7 @@ workers. An admitted request carries its ticket (`ticket_of`) to the route.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from urllib.parse import parse_qs
 
@@ -17,7 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from yoso.api.errors import error_response
 from yoso.serving.admission import RETRY_AFTER_S, Admission, Reason, Refused, Ticket
 
-INFERENCE_PATHS = frozenset({"/predict", "/count_objects", "/detect"})
+INFERENCE_PATHS = frozenset({"/predict", "/count_objects", "/detect"})  # the model named in the query string
+KSERVE_PREDICT = re.compile(r"/v1/models/([^/]+):predict")  # the model named in the path (KServe V1)
 TIMEOUT_HEADER = "X-Yoso-Timeout-Ms"
 _TIMEOUT_HEADER_KEY = TIMEOUT_HEADER.lower().encode()
 _TICKET = "yoso.ticket"
@@ -42,8 +44,13 @@ def client_timeout_s(scope: Scope) -> float | None:
     return None
 
 
-def requested_model(scope: Scope, default: str) -> str:
-    """The `model` query parameter as the route reads it (the last one sent), or the default."""
+def requested_model(scope: Scope, default: str) -> str | None:
+    """The model an inference request names as its route reads it (in the path for KServe V1, else the last
+    `model` query parameter, else the default); None for any other request."""
+    path = scope["path"]
+    if path not in INFERENCE_PATHS:
+        kserve = KSERVE_PREDICT.fullmatch(path)
+        return kserve.group(1) if kserve else None
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("model")
     return values[-1] if values else default
 
@@ -67,11 +74,12 @@ class AdmissionMiddleware:
         self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in INFERENCE_PATHS:
+        model = requested_model(scope, self.default_model) if scope["type"] == "http" else None
+        if model is None:
             await self.app(scope, receive, send)
             return
         try:
-            ticket = self.admission.enter(requested_model(scope, self.default_model), client_timeout_s(scope))
+            ticket = self.admission.enter(model, client_timeout_s(scope))
         except BadTimeout as error:
             await error_response(422, str(error))(scope, receive, send)
             return

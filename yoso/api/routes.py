@@ -8,24 +8,18 @@ import json
 from collections import Counter
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from yoso.api.admission import TIMEOUT_HEADER, ticket_of
 from yoso.api.errors import ApiError, ErrorResponse
 from yoso.api.schemas import CountResponse, DetectionOut, DetectResponse, HealthResponse, ModelsResponse
+from yoso.api.inference import DETECTOR, Service, infer
 from yoso.api.upload import UPLOAD_BODY_DOC, read_image_upload
-from yoso.serving.admission import RETRY_AFTER_S, Refused
-from yoso.serving.pool import TaskOverran, WorkerCrashed
-from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownModel
-from yoso.serving.tasks import ImageOutcome, TaskOutcome
+from yoso.serving.service import InferenceService
+from yoso.serving.tasks import JobOutcome, TaskOutcome
 
 
-async def get_service(request: Request) -> InferenceService:
-    return request.app.state.service  # async: FastAPI would run a plain function in a thread pool
-
-
-Service = Annotated[InferenceService, Depends(get_service)]
 # Validated and documented here; admission reads it from the query string at the edge, before the body, and the
 # request's ticket carries it to the handler.
 ModelName = Annotated[str | None, Query(max_length=64, description="Model to run (default: YOSO_DEFAULT_MODEL).")]
@@ -63,59 +57,15 @@ COUNTS_HEADER = "X-Yoso-Counts"
 router = APIRouter()
 
 
-async def _until_disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _detect(request: Request, service: InferenceService, confidence: float, annotate: bool,
-                  endpoint: str) -> tuple[ImageOutcome, TaskOutcome]:
-    """Admitted at the edge -> upload -> queued header check and inference, dropped if the client leaves or
-    the request's time runs out.
+                  endpoint: str) -> tuple[JobOutcome, TaskOutcome]:
+    """The image of a multipart upload through a detector.
 
     The worker checks the image header before decoding: a header crafted to be slow to parse costs one
     worker's time, never the event loop's, and the server process does no image work at all.
     """
-    ticket = ticket_of(request.scope)
-    try:
-        await service.ensure_installed(ticket.model)
-    except UnknownModel as error:
-        raise ApiError(404, str(error)) from None
-    except ModelNotInstalled as error:
-        raise ApiError(409, str(error)) from None
-    timeout_s = ticket.timeout_s  # one bound, upload included: the caller's or the server's
-    try:
-        async with asyncio.timeout(ticket.remaining_s()):  # a stalled upload must not hold its place
-            data = await read_image_upload(request, service.settings.max_upload_bytes)
-    except TimeoutError:
-        raise ApiError(408, f"The upload took longer than {timeout_s:g} s to arrive.") from None
-    inference = asyncio.ensure_future(service.detect(ticket, confidence, data, annotate, endpoint))
-    disconnected = asyncio.ensure_future(_until_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({inference, disconnected}, timeout=ticket.remaining_s(),
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnected.cancel()
-    if inference not in done:
-        inference.cancel()  # a queued job is skipped; a running one finishes and is discarded
-        if disconnected in done:
-            raise ApiError(499, "The client closed the connection.")
-        raise ApiError(504, f"The request took longer than {timeout_s:g} s.")
-    if isinstance(refusal := inference.exception(), Refused):  # other uploads arrived: it may no longer wait
-        reason, detail = refusal.reason, refusal.detail
-        del data, inference, done, refusal  # a held refusal keeps no upload in memory (its traceback held one)
-        service.shed(reason)
-        await service.admission.hold_refusal()
-        raise ApiError(503, detail, {"Retry-After": str(RETRY_AFTER_S)})
-    try:
-        image, task = inference.result()
-    except WorkerCrashed as error:
-        raise ApiError(500, f"{error}; the image was not processed. A new worker is starting.") from None
-    except TaskOverran as error:
-        raise ApiError(504, f"The request took longer than {timeout_s:g} s: {error}.") from None
-    if image.error is not None:
-        raise ApiError(*image.error)
-    return image, task
+    return await infer(request, service, endpoint, DETECTOR,
+                       lambda: read_image_upload(request, service.settings.max_upload_bytes), confidence, annotate)
 
 
 _PREDICT_200 = {
@@ -140,7 +90,7 @@ async def count_objects(request: Request, service: Service, model: ModelName = N
     return CountResponse(items=_counts(image))
 
 
-def _counts(image: ImageOutcome) -> dict[str, int]:
+def _counts(image: JobOutcome) -> dict[str, int]:
     return dict(Counter(detection.label for detection in image.detections))
 
 
@@ -160,7 +110,7 @@ async def detect(request: Request, service: Service, model: ModelName = None, co
 @router.get("/models", response_model=ModelsResponse, summary="Known models, installed and loaded")
 async def models(service: Service):
     statuses = await asyncio.to_thread(service.models)
-    return ModelsResponse(default=service.settings.default_model, models=statuses)
+    return ModelsResponse(default=service.catalog.default, models=statuses)
 
 
 @router.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")

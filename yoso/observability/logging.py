@@ -3,26 +3,26 @@
 Every request gets one access line (method, path, status, duration, and the trace id when the request is
 traced) from AccessLogMiddleware; uvicorn's own access log is off, so lines are never doubled. The
 configuration is a dictConfig that uvicorn applies itself, so it also holds in the process uvicorn reloads
-in dev mode.
+in dev mode. The level can change at run time (`set_log_level`, PUT /admin/log-level). Inference workers log
+to stderr in the same format, with their pid (yoso.serving.worker).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.config
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
 
-from yoso.config import LogFormat, Settings
+from yoso.config import LogFormat, Settings, root_level
+from yoso.logformat import TEXT_FORMAT, JsonFormatter, resolved_service_name
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-ACCESS_FIELDS = ("method", "path", "status", "duration_ms", "trace_id")
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+UVICORN_LEVELLED_LOGGERS = ("uvicorn.error", "uvicorn.access", "uvicorn.asgi")  # uvicorn sets their level itself
 
 access_log = logging.getLogger("yoso.access")
 
@@ -30,53 +30,33 @@ access_log = logging.getLogger("yoso.access")
 def service_name(settings: Settings) -> str:
     """YOSO_SERVICE_NAME, unless the platform named the service (OTEL_SERVICE_NAME, or service.name in
     OTEL_RESOURCE_ATTRIBUTES): traces and JSON logs then carry the platform's name."""
-    from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector  # the SDK, only when asked
-
-    return str(OTELResourceDetector().detect().attributes.get(SERVICE_NAME, settings.service_name))
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, service, logger, message, and the access fields when present.
-
-    `service` lets a log pipeline that collects many services tell yoso's lines apart (and join them to the
-    traces, which carry the same name).
-    """
-
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self.service = service
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "service": self.service,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update({field: getattr(record, field) for field in ACCESS_FIELDS if hasattr(record, field)})
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+    return resolved_service_name(settings.service_name)
 
 
 def logging_config(settings: Settings) -> dict[str, Any]:
     """The dictConfig for yoso and uvicorn: everything through the root logger to stdout."""
-    formatter = ({"()": f"{__name__}.JsonFormatter", "service": service_name(settings)}
+    formatter = ({"()": f"{JsonFormatter.__module__}.JsonFormatter", "service": service_name(settings)}
                  if settings.log_format is LogFormat.json else {"format": TEXT_FORMAT})
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"yoso": formatter},
         "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "yoso"}},
-        "root": {"level": "DEBUG" if settings.log_level == "trace" else settings.log_level.upper(),
-                 "handlers": ["stdout"]},
+        "root": {"level": root_level(settings.log_level), "handlers": ["stdout"]},
         "loggers": {name: {"handlers": [], "propagate": True} for name in UVICORN_LOGGERS},
     }
 
 
 def configure_logging(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings))
+
+
+def set_log_level(level: str) -> None:
+    """Log at `level` (a YOSO_LOG_LEVEL name) in this process from now on, as the start-up configuration and
+    uvicorn (which sets its own loggers' level) would have."""
+    logging.getLogger().setLevel(root_level(level))
+    for name in UVICORN_LEVELLED_LOGGERS:
+        logging.getLogger(name).setLevel(UVICORN_LEVELS[level])
 
 
 def _printable(text: str) -> str:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -23,11 +23,10 @@ from prometheus_fastapi_instrumentator import metrics as http_metrics
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from yoso.config import METRICS_PATH
-from yoso.model.zoo import ZOO
 from yoso.serving.admission import Reason
 from yoso.serving.pool import Exit
 from yoso.serving.service import InferenceService
-from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
+from yoso.serving.tasks import Interval, JobOutcome, TaskOutcome
 
 # Whole requests: a probe answers in a millisecond, a big image on a busy server takes seconds.
 REQUEST_SECONDS_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10)
@@ -42,10 +41,19 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 class InferenceMetrics:
     """yoso's own metrics: what the models cost and what they see."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, models: Iterable[str]) -> None:
         self.inference_seconds = Histogram(
-            "yoso_inference_seconds", "Forward pass of one batch, in the worker process.", ["model"],
+            "yoso_inference_seconds", "The model's steps on one batch, in the worker process.", ["model"],
             buckets=INFERENCE_SECONDS_BUCKETS, registry=registry)
+        self.stage_seconds = Histogram(
+            "yoso_stage_seconds", "Each step of the model's class on one batch: preprocess, predict, postprocess "
+            "(those it defines).", ["model", "stage"], buckets=INFERENCE_SECONDS_BUCKETS, registry=registry)
+        self.model_statistic = Summary(
+            "yoso_model_statistic", "Figures a model class records of its own (yoso.record).",
+            ["model", "statistic"], registry=registry)
+        self.instances = Counter(
+            "yoso_instances_processed_total", "JSON instances run through a model (yoso.Model).", ["model"],
+            registry=registry)
         self.decode_seconds = Histogram(
             "yoso_decode_seconds", "Decoding one uploaded image into pixels.",
             buckets=STAGE_SECONDS_BUCKETS, registry=registry)
@@ -80,7 +88,7 @@ class InferenceMetrics:
         self.workers_replaced = Counter(
             "yoso_workers_replaced_total", "Worker processes replaced: died, hung (a task past its deadline) or "
             "start_timeout (models not loaded within YOSO_STARTUP_TIMEOUT_S).", ["reason"], registry=registry)
-        for model in ZOO:  # zero from the start, so that rate() and ratios work before the first image
+        for model in models:  # zero from the start, so that rate() and ratios work before the first image
             self.images_without_detections.labels(model)
             self.model_load_seconds.labels(model)
             self.queue_wait_seconds.labels(model)
@@ -96,7 +104,7 @@ class MetricsObserver:
     def __init__(self, metrics: InferenceMetrics) -> None:
         self.metrics = metrics
 
-    def image_done(self, model: str, endpoint: str, confidence: float, image: ImageOutcome,
+    def image_done(self, model: str, endpoint: str, confidence: float, image: JobOutcome,
                    task: TaskOutcome) -> None:
         m = self.metrics
         m.images.labels(model, endpoint).inc()
@@ -113,10 +121,21 @@ class MetricsObserver:
             m.detections.labels(model, detection.label).inc()
             m.confidence.labels(model).observe(detection.confidence)
 
+    def predictions_done(self, model: str, endpoint: str, confidence: float, job: JobOutcome,
+                         task: TaskOutcome) -> None:
+        if job.queue is not None:
+            self.metrics.queue_wait_seconds.labels(model).observe(_seconds(job.queue))
+        self.metrics.instances.labels(model).inc(len(job.predictions or ()))
+
     def task_done(self, model: str, task: TaskOutcome) -> None:
-        """A batch is one forward pass shared by its requests: counted once, even if its callers left."""
+        """A batch is one run of the model shared by its requests: counted once, even if its callers left."""
+        m = self.metrics
         if task.inference is not None:
-            self.metrics.inference_seconds.labels(model).observe(_seconds(task.inference))
+            m.inference_seconds.labels(model).observe(_seconds(task.inference))
+        for stage, interval in task.stages:
+            m.stage_seconds.labels(model, stage).observe(_seconds(interval))
+        for statistic, value in task.records:
+            m.model_statistic.labels(model, statistic).observe(value)
 
     def model_loaded(self, model: str, seconds: float) -> None:
         self.metrics.model_load_seconds.labels(model).observe(seconds)
@@ -134,16 +153,17 @@ class ServingState(Collector):
     being held, and how long admission expects each kind of task to take."""
 
     def __init__(self, service: InferenceService) -> None:
+        self.models = list(service.catalog.models)
         self.pool = service.pool
         self.scheduler = service.scheduler
         self.admission = service.admission
 
     def collect(self) -> Iterable[Metric]:
         waiting = self.scheduler.waiting_by_model()
-        yield _per_model_gauge("yoso_model_loaded_workers",
-                               "Worker processes holding the model in memory (0: not loaded).", self.pool.workers_with)
-        yield _per_model_gauge("yoso_requests_waiting",
-                               "Admitted requests waiting for a free worker, by model.", waiting.__getitem__)
+        yield _per_model_gauge("yoso_model_loaded_workers", "Worker processes holding the model in memory "
+                               "(0: not loaded).", self.models, self.pool.workers_with)
+        yield _per_model_gauge("yoso_requests_waiting", "Admitted requests waiting for a free worker, by model.",
+                               self.models, waiting.__getitem__)
         yield CounterMetricFamily("yoso_requests_abandoned",
                                   "Queued requests dropped before inference: their caller left or timed out.",
                                   value=self.scheduler.abandoned)
@@ -160,10 +180,11 @@ class ServingState(Collector):
                                 value=self.admission.margin.last)
 
 
-def _per_model_gauge(name: str, documentation: str, value_of: Callable[[str], float]) -> GaugeMetricFamily:
-    """One sample for every model of the zoo, zero included, so that a model never vanishes from a graph."""
+def _per_model_gauge(name: str, documentation: str, models: list[str],
+                     value_of: Callable[[str], float]) -> GaugeMetricFamily:
+    """One sample for every served model, zero included, so that a model never vanishes from a graph."""
     gauge = GaugeMetricFamily(name, documentation, labels=["model"])
-    for model in ZOO:
+    for model in models:
         gauge.add_metric([model], value_of(model))
     return gauge
 
@@ -194,7 +215,7 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     registry.register(ServingState(service))
-    metrics = InferenceMetrics(registry)
+    metrics = InferenceMetrics(registry, service.catalog.models)
     service.observers.append(MetricsObserver(metrics))
 
     instrumentator = Instrumentator(

@@ -32,7 +32,7 @@ from yoso.observability.logging import service_name
 from yoso.serving.admission import Reason
 from yoso.serving.pool import Exit
 from yoso.serving.service import InferenceService
-from yoso.serving.tasks import ImageOutcome, Interval, TaskOutcome
+from yoso.serving.tasks import Interval, JobOutcome, TaskOutcome
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class TracingObserver:
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
 
-    def image_done(self, model: str, endpoint: str, confidence: float, image: ImageOutcome,
+    def image_done(self, model: str, endpoint: str, confidence: float, image: JobOutcome,
                    task: TaskOutcome) -> None:
         if not trace.get_current_span().is_recording():
             return  # the request was sampled out
@@ -83,10 +83,29 @@ class TracingObserver:
             "yoso.image.width": image.width,
             "yoso.image.height": image.height,
             "yoso.detections": len(image.detections),
-            "yoso.batch_size": len(task.images),
+            "yoso.batch_size": len(task.jobs),
         }
-        self._stage("inference", task.inference, attributes)
+        self._model_steps(task, attributes)
         self._stage("encode", image.encode)
+
+    def predictions_done(self, model: str, endpoint: str, confidence: float, job: JobOutcome,
+                         task: TaskOutcome) -> None:
+        if not trace.get_current_span().is_recording():
+            return
+        self._stage("queue", job.queue)
+        self._model_steps(task, {"yoso.model": model, "yoso.instances": len(job.predictions or ()),
+                                 "yoso.batch_size": len(task.jobs)})
+
+    def _model_steps(self, task: TaskOutcome, attributes: Attributes) -> None:
+        """An `inference` span for the model's whole run on the batch, with a child span per step of its class
+        (preprocess, predict, postprocess)."""
+        if task.inference is None:
+            return
+        inference = self.tracer.start_span("inference", start_time=task.inference[0], attributes=attributes)
+        with trace.use_span(inference, end_on_exit=False):
+            for step, interval in task.stages:
+                self._stage(step, interval)
+        inference.end(end_time=task.inference[1])
 
     def task_done(self, model: str, task: TaskOutcome) -> None:
         """A task is shared by the requests of its batch; each request's span gets its inference in image_done."""

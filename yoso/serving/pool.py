@@ -5,12 +5,13 @@ an idle worker, and keeps every worker alive or replaced: a worker that dies is 
 answered with an error; a worker still loading past the start-up bound, or still running a task past the
 deadline of every request in it, is killed and replaced the same way. Each worker's socket is read and
 written by the event loop itself (yoso.serving.wire): a task reaches its worker and an outcome reaches its
-caller without a thread handing it over.
+caller without a thread handing it over. A log level set at run time reaches every worker the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import socket
@@ -21,7 +22,8 @@ from enum import Enum
 from multiprocessing.process import BaseProcess
 
 from yoso.serving import wire
-from yoso.serving.tasks import Running, Task, TaskKind, TaskOutcome, WorkerConfig, WorkerFailed, WorkerReady
+from yoso.serving.tasks import (LogLevel, Running, Task, TaskKind, TaskOutcome, WorkerConfig, WorkerFailed,
+                                WorkerReady)
 
 log = logging.getLogger(__name__)
 _SPAWN = multiprocessing.get_context("spawn")  # never fork a process that holds threads
@@ -110,6 +112,18 @@ class WorkerPool:
         """One entry per worker that can take tasks: its task's kind and start, or None while it is idle."""
         return [None if w.task is None else Running(w.task_kind, w.task_started) for w in self._workers if w.live]
 
+    def tasks(self) -> dict[int, Running]:
+        """The task each busy worker runs, by the worker's pid."""
+        return {w.process.pid: Running(w.task_kind, w.task_started) for w in self._workers if w.task is not None}
+
+    def set_log_level(self, level: str) -> None:
+        """Every worker logs at `level` (a YOSO_LOG_LEVEL name) from now on, and so does every replacement
+        (self.config.log_level). A worker reads it between tasks: one busy with a task, once that task is done."""
+        self.config = dataclasses.replace(self.config, log_level=level)
+        for w in self._workers:
+            if w.writer is not None and not w.writer.is_closing() and w.killed is None and not self._closing:
+                w.writer.write(wire.encode(LogLevel(level)))
+
     async def start(self) -> None:
         """Start every worker and return once all have loaded and warmed the preload models."""
         started = [self._spawn() for _ in range(self.size)]
@@ -155,14 +169,17 @@ class WorkerPool:
         theirs.close()
         w = WorkerProcess(process, loop.create_future(), ours)
         self._workers.append(w)
-        w.listener = loop.create_task(self._listen(w), name=f"yoso-worker-{process.pid}")
+        w.listener = loop.create_task(self._listen(w, self.config.log_level), name=f"yoso-worker-{process.pid}")
         w.watchdog = loop.call_later(self.startup_timeout_s, self._start_overdue, w)
         return w
 
-    async def _listen(self, w: WorkerProcess) -> None:
-        """Every message of one worker, in order, until its socket closes; then the worker is gone."""
+    async def _listen(self, w: WorkerProcess, spawned_at: str) -> None:
+        """Every message of one worker, in order, until its socket closes; then the worker is gone.
+        (`spawned_at`: the log level the worker was started with; the level may have changed since.)"""
         try:
             reader, w.writer = await asyncio.open_unix_connection(sock=w.socket)
+            if self.config.log_level != spawned_at:
+                w.writer.write(wire.encode(LogLevel(self.config.log_level)))
             while True:
                 self._on_message(w, await wire.read(reader))
         except (asyncio.IncompleteReadError, OSError):

@@ -15,24 +15,26 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from yoso.serving.pool import WorkerPool
-from yoso.serving.tasks import ImageOutcome, Task, TaskOutcome
+from yoso.serving.tasks import JobOutcome, Task, TaskOutcome
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Job:
-    """One image waiting for a worker, and the future its request awaits."""
+    """One request's input waiting for a worker (an encoded image, or JSON instances), and the future its
+    request awaits."""
 
     model: str
     confidence: float
-    data: bytes
+    data: bytes | list[Any]
     annotate: bool
     deadline: float  # time.monotonic(): the server's bound on this request (the pool's watchdog uses it)
     expected_wait_s: float  # what admission expected when it let the request queue
-    future: asyncio.Future[tuple[ImageOutcome, TaskOutcome]]
+    future: asyncio.Future[tuple[JobOutcome, TaskOutcome]]
     enqueued: float = field(default_factory=time.monotonic)
     enqueued_ns: int = field(default_factory=time.time_ns)
 
@@ -56,17 +58,21 @@ class Scheduler:
     def waiting(self) -> int:
         return sum(1 for job in self._queue if not job.future.done())
 
+    def queued(self) -> list[Job]:
+        """Every request waiting for a worker, oldest first. (Read by /metrics from a thread: the queue is
+        copied at once, never iterated while the event loop may change it.)"""
+        return [job for job in tuple(self._queue) if not job.future.done()]
+
     def waiting_models(self) -> list[str]:
-        """The model of every request waiting for a worker, oldest first. (Read by /metrics from a thread:
-        the queue is copied at once, never iterated while the event loop may change it.)"""
-        return [job.model for job in tuple(self._queue) if not job.future.done()]
+        """The model of every request waiting for a worker, oldest first."""
+        return [job.model for job in self.queued()]
 
     def waiting_by_model(self) -> Counter[str]:
         return Counter(self.waiting_models())
 
-    async def run(self, model: str, confidence: float, data: bytes, annotate: bool, deadline: float,
-                  expected_wait_s: float) -> tuple[ImageOutcome, TaskOutcome]:
-        """The outcome of one image, and of the task (batch) it ran in."""
+    async def run(self, model: str, confidence: float, data: bytes | list[Any], annotate: bool, deadline: float,
+                  expected_wait_s: float) -> tuple[JobOutcome, TaskOutcome]:
+        """The outcome of one request's input, and of the task (batch) it ran in."""
         job = Job(model, confidence, data, annotate, deadline, expected_wait_s,
                   asyncio.get_running_loop().create_future())
         self._queue.append(job)
@@ -132,5 +138,5 @@ def _settle(batch: list[Job], done: asyncio.Future[TaskOutcome], dispatched_ns: 
             job.future.set_exception(done.exception())  # type: ignore[arg-type]
         else:
             outcome = done.result()
-            outcome.images[i].queue = (job.enqueued_ns, dispatched_ns)
-            job.future.set_result((outcome.images[i], outcome))
+            outcome.jobs[i].queue = (job.enqueued_ns, dispatched_ns)
+            job.future.set_result((outcome.jobs[i], outcome))

@@ -11,43 +11,39 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Protocol
+from typing import Any, Protocol
 
 from yoso.config import Settings, WorkerPriority
 from yoso.cores import available_cores
-from yoso.model.store import ModelStore, read_labels
-from yoso.model.zoo import ZOO
 from yoso.serving.admission import Admission, Reason, TaskTimes, Ticket
+from yoso.serving.catalog import Catalog
 from yoso.serving.pool import Exit, PoolStartError, WorkerPool
 from yoso.serving.scheduler import Scheduler
-from yoso.serving.tasks import ImageOutcome, TaskKind, TaskOutcome, WorkerConfig, WorkerReady
+from yoso.serving.tasks import JobOutcome, TaskKind, TaskOutcome, WorkerConfig, WorkerReady
 from yoso.status import ModelStatus
 
 log = logging.getLogger(__name__)
 
 
 class UnknownModel(LookupError):
-    def __init__(self, name: str, installed: list[str]) -> None:
-        super().__init__(
-            f"Unknown model {name!r}. Installed models: {', '.join(installed) or 'none'}; "
-            f"known models: {', '.join(ZOO)}."
-        )
+    def __init__(self, name: str, served: list[str]) -> None:
+        super().__init__(f"Unknown model {name!r}. Served models: {', '.join(served)}.")
 
 
 class ModelNotInstalled(LookupError):
-    def __init__(self, name: str, store: ModelStore) -> None:
-        super().__init__(
-            f"Model {name!r} is not installed. Install it with `yoso models pull {name}` "
-            f"(or copy its files into {store.model_dir / name}); it loads on first use."
-        )
+    """The model's class says it cannot load now (`unavailable()`): its files are missing, say."""
 
 
 class InferenceObserver(Protocol):
     """Told about every processed image, finished task, model load, refusal and replaced worker (metrics, traces)."""
 
-    def image_done(self, model: str, endpoint: str, confidence: float, image: ImageOutcome,
+    def image_done(self, model: str, endpoint: str, confidence: float, image: JobOutcome,
                    task: TaskOutcome) -> None:
         """Called in the request's context (its span is current), once the image's answer is ready."""
+
+    def predictions_done(self, model: str, endpoint: str, confidence: float, job: JobOutcome,
+                         task: TaskOutcome) -> None:
+        """The same, for the instances of one request to a JSON model."""
 
     def task_done(self, model: str, task: TaskOutcome) -> None:
         """Called once per task (a batch shares one), even when every caller has stopped waiting."""
@@ -64,16 +60,19 @@ class InferenceObserver(Protocol):
 class InferenceService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = ModelStore(settings.model_dir)
+        self.catalog = Catalog.from_settings(settings)
         self.observers: list[InferenceObserver] = []
         cores = available_cores()
         config = WorkerConfig(
-            model_dir=self.store.model_dir,
-            preload=settings.preload_models,
+            models=self.catalog.entries(),
+            preload=self.catalog.preload,
             cores=cores,
             busy_threads=max(1, cores // settings.workers),
             max_pixels=settings.max_image_pixels,
             idle_priority=settings.worker_priority is WorkerPriority.idle,
+            log_level=settings.log_level,
+            log_format=settings.log_format.value,
+            service_name=settings.service_name,
         )
         self.pool = WorkerPool(settings.workers, config, settings.startup_timeout_s)
         self.scheduler = Scheduler(self.pool, settings.max_batch_size, settings.max_batch_delay_ms / 1000)
@@ -94,6 +93,7 @@ class InferenceService:
         self.start_error: str | None = None
         self._starting: asyncio.Future[None] | None = None
         self._installed: set[str] = set()
+        self._labels: dict[str, list[str]] = {}  # what set-up models report, for classes that declare none
 
     async def start(self) -> None:
         """Check the models now; load and warm them in the background (`ready` turns True after)."""
@@ -110,7 +110,7 @@ class InferenceService:
             return
         if self.admission.closed is Reason.starting:
             self.admission.closed = None
-            log.info("ready: %d workers, models %s", self.pool.size, ", ".join(self.settings.preload_models))
+            log.info("ready: %d workers, models %s", self.pool.size, ", ".join(self.catalog.preload))
 
     @property
     def draining(self) -> bool:
@@ -138,38 +138,53 @@ class InferenceService:
 
     def require_configured(self) -> None:
         """Raise unless the preload models and the default model are all installed."""
-        for name in dict.fromkeys([*self.settings.preload_models, self.settings.default_model]):
+        for name in dict.fromkeys([*self.catalog.preload, self.catalog.default]):
             self.require(name)
 
     def require(self, name: str) -> None:
-        """Raise unless `name` is a known, installed model (once found installed, it stays so)."""
+        """Raise unless `name` is a served model that can load (once found so, it stays so)."""
         if name in self._installed:
             return
-        if name not in ZOO:
-            raise UnknownModel(name, self.store.installed())
-        if not self.store.is_installed(ZOO[name]):
-            raise ModelNotInstalled(name, self.store)
+        served = self.catalog.models.get(name)
+        if served is None:
+            raise UnknownModel(name, list(self.catalog.models))
+        why = served.cls.unavailable()
+        if why is not None:
+            raise ModelNotInstalled(why)
         self._installed.add(name)
 
-    async def detect(self, ticket: Ticket, confidence: float, data: bytes, annotate: bool,
-                     endpoint: str) -> tuple[ImageOutcome, TaskOutcome]:
-        """Queue an admitted request whose upload has arrived (Refused if it may no longer wait), and run it."""
+    async def run(self, ticket: Ticket, data: bytes | list[Any], endpoint: str, confidence: float = 0.0,
+                  annotate: bool = False) -> tuple[JobOutcome, TaskOutcome]:
+        """Queue an admitted request whose input has arrived (Refused if it may no longer wait), and run it:
+        an encoded image for a detector, a list of JSON instances for a JSON model."""
         self.require(ticket.model)
         expected_wait_s = self.admission.recheck(ticket)
-        image, task = await self.scheduler.run(ticket.model, confidence, data, annotate, ticket.hard_deadline,
-                                               expected_wait_s)
-        if image.error is None:
-            self._notify("image_done", ticket.model, endpoint, confidence, image, task)
-        return image, task
+        job, task = await self.scheduler.run(ticket.model, confidence, data, annotate, ticket.hard_deadline,
+                                             expected_wait_s)
+        if job.error is None:
+            event = "image_done" if isinstance(data, bytes) else "predictions_done"
+            self._notify(event, ticket.model, endpoint, confidence, job, task)
+        return job, task
 
     def models(self) -> list[ModelStatus]:
         statuses = []
-        for name, spec in ZOO.items():
-            files = self.store.files(spec)
-            classes = len(read_labels(files.names)) if files else None
+        for name, served in self.catalog.models.items():
             loaded_by = self.pool.workers_with(name)
-            statuses.append(ModelStatus(name, files is not None, loaded_by > 0, loaded_by, classes, spec.download_bytes))
+            labels = served.labels or self._labels.get(name)
+            download = getattr(served.cls, "download_bytes", None)
+            statuses.append(ModelStatus(
+                name, served.cls.unavailable() is None, loaded_by > 0, loaded_by, len(labels) if labels else None,
+                download() if download else 0, served.kind, served.entry.target))
         return statuses
+
+    @property
+    def log_level(self) -> str:
+        """What the workers log at: YOSO_LOG_LEVEL, or the level last set."""
+        return self.pool.config.log_level
+
+    def set_log_level(self, level: str) -> None:
+        """The workers' log level, now and for every replacement (the server process's own: observability)."""
+        self.pool.set_log_level(level)
 
     def shed(self, reason: Reason) -> None:
         """A request was refused with 503."""
@@ -178,6 +193,7 @@ class InferenceService:
     def _worker_ready(self, ready: WorkerReady) -> None:
         for kind, seconds in ready.warm_task_s.items():
             self.admission.times.seed(kind, seconds)
+        self._labels.update({name: labels for name, labels in ready.labels.items() if labels})
 
     def _model_loaded(self, model: str, seconds: float) -> None:
         self._notify("model_loaded", model, seconds)

@@ -4,16 +4,16 @@ picklable), and how a task running on a worker is seen from the server (Running)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from yoso.model.detection import Detection
+from yoso.contract import Detection
 
 # (start, end) in time.time_ns(): a wall clock shared by all processes, so the server can turn a
 # worker's stages into spans and metrics after the fact.
 Interval = tuple[int, int]
 
 TaskKind = tuple[str, int, int]
-"""model, threads, images: what decides how long a task takes."""
+"""model, threads, inputs (images, or instances): what decides how long a task takes."""
 
 
 @dataclass(frozen=True)
@@ -25,36 +25,57 @@ class Running:
 
 
 @dataclass(frozen=True)
+class ModelEntry:
+    """A served model as a worker builds it: `target` is `module:Class`, instantiated with `args`."""
+
+    name: str
+    target: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
-    model_dir: Path
-    preload: list[str]
+    models: dict[str, ModelEntry]  # every served model, by name: loaded on first use
+    preload: list[str]  # loaded, set up and warmed before the worker reports ready
     cores: int  # threads of a task that runs alone
     busy_threads: int  # threads of a task that runs beside busy workers: its share of the cores
     max_pixels: int
     idle_priority: bool
+    log_level: str = "info"  # YOSO_LOG_LEVEL at start; the pool spawns replacements at the level last set
+    log_format: str = "text"  # YOSO_LOG_FORMAT: text, or json
+    service_name: str = "yoso"  # YOSO_SERVICE_NAME, in JSON lines
 
 
 @dataclass(frozen=True)
 class Task:
-    """A batch for one worker: encoded images of one model and confidence, answered as one TaskOutcome."""
+    """A batch for one worker, answered as one TaskOutcome: one input per request, for one model and confidence.
+    A detector's input is an encoded image; a JSON model's is the list of instances of one request."""
 
     model: str
     confidence: float
-    images: tuple[bytes, ...]
+    inputs: tuple[bytes | list[Any], ...]
     annotate: bool  # also return each image with its boxes drawn, as JPEG
-    threads: int  # OpenCV threads for this task: all cores when it runs alone
+    threads: int  # threads for this task: all cores when it runs alone
+
+    @property
+    def size(self) -> int:
+        """Images, or instances: what the model's batch holds."""
+        return sum(1 if isinstance(item, bytes) else len(item) for item in self.inputs)
 
     @property
     def kind(self) -> TaskKind:
-        return (self.model, self.threads, len(self.images))
+        return (self.model, self.threads, self.size)
 
 
 @dataclass
-class ImageOutcome:
+class JobOutcome:
+    """What one request's input became: an image's detections (and JPEG), or a list of predictions."""
+
     width: int = 0
     height: int = 0
     detections: list[Detection] = field(default_factory=list)
     jpeg: bytes | None = None
+    predictions: list[Any] | None = None
     queue: Interval | None = None  # waiting for a worker, in the server (set by the scheduler)
     decode: Interval | None = None
     encode: Interval | None = None
@@ -63,8 +84,10 @@ class ImageOutcome:
 
 @dataclass
 class TaskOutcome:
-    images: list[ImageOutcome]
-    inference: Interval | None = None
+    jobs: list[JobOutcome]
+    inference: Interval | None = None  # the model's steps, from the first start to the last end
+    stages: list[tuple[str, Interval]] = field(default_factory=list)  # each step: preprocess, predict, postprocess
+    records: list[tuple[str, float]] = field(default_factory=list)  # yoso.record(statistic, value) calls
     model_load_s: float | None = None  # set when this task made the worker load the model
 
     @property
@@ -76,9 +99,17 @@ class TaskOutcome:
 class WorkerReady:
     pid: int
     model_load_s: dict[str, float]
-    warm_task_s: dict[TaskKind, float]  # one blank image through each preloaded model, at each thread count
+    warm_task_s: dict[TaskKind, float]  # one blank image through each preloaded detector, at each thread count
+    labels: dict[str, list[str] | None] = field(default_factory=dict)  # each preloaded model's, once set up
 
 
 @dataclass(frozen=True)
 class WorkerFailed:
     message: str
+
+
+@dataclass(frozen=True)
+class LogLevel:
+    """From the server: log at `level` (a YOSO_LOG_LEVEL name) from now on. Not answered."""
+
+    level: str

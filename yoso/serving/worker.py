@@ -1,4 +1,5 @@
-"""The inference worker process: its own nets, one task at a time, decode -> detect -> draw and encode.
+"""The inference worker process: its own model instances, one task at a time: decode -> the model's steps ->
+draw and encode, for a detector; the model's steps on JSON instances, for a JSON model.
 
 Each worker is a separate process so that it can set OpenCV's (process-wide) thread count per task: all
 cores for a request that runs alone, one share of the cores when every worker is busy.
@@ -6,19 +7,29 @@ cores for a request that runs alone, one share of the cores when every worker is
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import time
+from dataclasses import replace
 
 import cv2
+import numpy as np
 
 from yoso import imaging
-from yoso.model.detector import DetectionModel
-from yoso.model.store import ModelStore
-from yoso.model.zoo import ZOO
+from yoso.config import root_level
+from yoso.contract import take_records
+from yoso.logformat import WORKER_TEXT_FORMAT, JsonFormatter, resolved_service_name
 from yoso.serving import wire
-from yoso.serving.tasks import ImageOutcome, Task, TaskKind, TaskOutcome, WorkerConfig, WorkerFailed, WorkerReady
+from yoso.serving.catalog import import_class
+from yoso.serving.runner import InputRejected, LoadedModel, ModelError
+from yoso.serving.tasks import (JobOutcome, LogLevel, ModelEntry, Task, TaskKind, TaskOutcome, WorkerConfig,
+                                WorkerFailed, WorkerReady)
+
+log = logging.getLogger(__name__)
+DEVICE = "cpu"
+WARM_UP_SHAPE = (416, 416, 3)  # a blank image the size the zoo's models take
 
 # Workers keep every core busy under load, and must never delay the server process, which accepts, sheds
 # (503 in well under 5 ms) and answers meanwhile. Under SCHED_IDLE (Linux) any waking ordinary process takes
@@ -28,20 +39,20 @@ WORKER_NICENESS = 10  # where SCHED_IDLE does not exist
 
 
 class ModelCache:
-    """One DetectionModel per model name, loaded on first use and kept."""
+    """One instance of each served model class, built, set up and warmed on first use, then kept."""
 
-    def __init__(self, store: ModelStore) -> None:
-        self.store = store
-        self.models: dict[str, DetectionModel] = {}
+    def __init__(self, entries: dict[str, ModelEntry]) -> None:
+        self.entries = entries
+        self.models: dict[str, LoadedModel] = {}
 
     def load(self, name: str) -> float:
         started = time.perf_counter()
-        spec = ZOO[name]
-        files = self.store.files(spec)
-        if files is None:
-            raise LookupError(f"model {name} is not installed in {self.store.model_dir}")
-        model = DetectionModel(name, files, spec.input_size)
-        model.warm_up()
+        entry = self.entries[name]
+        instance = import_class(entry.target)(**entry.args)
+        instance.setup(DEVICE)
+        model = LoadedModel(name, instance)
+        if model.is_detector:
+            _warm_up(model)
         self.models[name] = model
         return time.perf_counter() - started
 
@@ -58,11 +69,26 @@ class Worker:
             self.threads = task.threads
         load_s = None if task.model in self.models.models else self.models.load(task.model)
         model = self.models.models[task.model]
-        outcomes = [ImageOutcome() for _ in task.images]
+        model.set_threads(task.threads)
+        try:
+            result = self._detect(model, task) if model.is_detector else self._predict(model, task)
+            result.records = take_records()
+        except InputRejected as rejected:
+            if len(task.inputs) == 1:
+                result = TaskOutcome([JobOutcome(error=(422, str(rejected)))], records=take_records())
+            else:  # which request's input it was is unknown: each runs again alone, and only that one fails
+                result = _merged([self.run(replace(task, inputs=(item,))) for item in task.inputs])
+        result.model_load_s = load_s
+        return result
+
+    def _detect(self, model: LoadedModel, task: Task) -> TaskOutcome:
+        outcomes = [JobOutcome() for _ in task.inputs]
         images = {}
-        for i, data in enumerate(task.images):
+        for i, data in enumerate(task.inputs):
             started = time.time_ns()
             try:
+                if not isinstance(data, bytes):
+                    raise imaging.ImageError(422, f"model {model.name} is a detector: it takes images")
                 imaging.inspect(data, self.max_pixels)  # the header first: a pixel bomb is never decoded
                 images[i] = imaging.decode(data)
             except imaging.ImageError as error:
@@ -70,23 +96,31 @@ class Worker:
                 continue
             outcomes[i].decode = (started, time.time_ns())
             outcomes[i].height, outcomes[i].width = images[i].shape[:2]
-        result = TaskOutcome(outcomes, model_load_s=load_s)
+        result = TaskOutcome(outcomes)
         if not images:
             return result
-        started = time.time_ns()
-        detections = model.detect(list(images.values()), task.confidence)
-        result.inference = (started, time.time_ns())
+        detections, result.stages = model.detect(list(images.values()), task.confidence)
+        result.inference = (result.stages[0][1][0], result.stages[-1][1][1])
         for (i, image), found in zip(images.items(), detections):
             outcomes[i].detections = found
             if task.annotate:
-                outcomes[i].jpeg, outcomes[i].encode = self._annotate(model, image, found)
+                started = time.time_ns()
+                outcomes[i].jpeg = imaging.encode_jpeg(model.painter.draw(image, found))
+                outcomes[i].encode = (started, time.time_ns())
         return result
 
     @staticmethod
-    def _annotate(model: DetectionModel, image, found) -> tuple[bytes, tuple[int, int]]:
-        started = time.time_ns()
-        jpeg = imaging.encode_jpeg(model.draw(image, found))
-        return jpeg, (started, time.time_ns())
+    def _predict(model: LoadedModel, task: Task) -> TaskOutcome:
+        if not all(isinstance(item, list) for item in task.inputs):
+            message = f"model {model.name} takes JSON instances, not images: POST /v1/models/{model.name}:predict"
+            return TaskOutcome([JobOutcome(error=(422, message)) for _ in task.inputs])
+        instances = [instance for item in task.inputs for instance in item]
+        predictions, stages = model.predict(instances)
+        outcomes, start = [], 0
+        for item in task.inputs:
+            outcomes.append(JobOutcome(predictions=predictions[start:start + len(item)]))
+            start += len(item)
+        return TaskOutcome(outcomes, inference=(stages[0][1][0], stages[-1][1][1]), stages=stages)
 
 
 def _yield_to_the_server() -> None:
@@ -97,21 +131,53 @@ def _yield_to_the_server() -> None:
         os.nice(WORKER_NICENESS)
 
 
+def _merged(outcomes: list[TaskOutcome]) -> TaskOutcome:
+    """One outcome for a task run piecewise: its jobs in order, every step of every piece."""
+    ran = [outcome.inference for outcome in outcomes if outcome.inference is not None]
+    return TaskOutcome([job for outcome in outcomes for job in outcome.jobs],
+                       inference=(ran[0][0], ran[-1][1]) if ran else None,
+                       stages=[stage for outcome in outcomes for stage in outcome.stages],
+                       records=[record for outcome in outcomes for record in outcome.records])
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """The first run of a model allocates and tunes: pay for it before serving."""
+    model.detect([np.zeros(WARM_UP_SHAPE, np.uint8)], confidence=0.5)
+
+
 def _warm_task_s(models: ModelCache, thread_counts: set[int]) -> dict[TaskKind, float]:
-    """One blank image through each loaded model at each thread count: a first estimate of a task's time,
+    """One blank image through each loaded detector at each thread count: a first estimate of a task's time,
     so that admission knows what a worker can do before the first request has run."""
     timings = {}
     for threads in sorted(thread_counts):
         cv2.setNumThreads(threads)
         for name, model in models.models.items():
-            started = time.perf_counter()
-            model.warm_up()
-            timings[(name, threads, 1)] = time.perf_counter() - started
+            if model.is_detector:
+                model.set_threads(threads)
+                started = time.perf_counter()
+                _warm_up(model)
+                timings[(name, threads, 1)] = time.perf_counter() - started
     return timings
+
+
+def _configure_logging(config: WorkerConfig) -> None:
+    """Lines to stderr, which is the server's (inherited), in the server's format and with this worker's pid."""
+    handler = logging.StreamHandler()
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter(resolved_service_name(config.service_name), pid=True))
+    else:
+        handler.setFormatter(logging.Formatter(WORKER_TEXT_FORMAT))
+    logging.basicConfig(handlers=[handler], force=True)
+    _set_log_level(config.log_level)
+
+
+def _set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(root_level(level))
 
 
 def serve(server: socket.socket, config: WorkerConfig) -> None:
     """Entry point of a worker process: load, report ready, then answer tasks until the server closes the socket."""
+    _configure_logging(config)
     # The server decides when workers stop (it closes their socket): a signal sent to the whole process group,
     # Ctrl-C in a terminal or SIGTERM from systemd or a supervisor, must not cut short the tasks of its drain.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -120,7 +186,7 @@ def serve(server: socket.socket, config: WorkerConfig) -> None:
         _yield_to_the_server()
     cv2.setNumThreads(config.cores)
     try:
-        _load_then_answer(server, ModelCache(ModelStore(config.model_dir)), config)
+        _load_then_answer(server, ModelCache(config.models), config)
     except (EOFError, OSError):  # the server has finished with this worker, or is gone
         return
 
@@ -132,13 +198,21 @@ def _load_then_answer(server: socket.socket, models: ModelCache, config: WorkerC
     except Exception as error:  # noqa: BLE001 - reported to the server, which refuses to start
         wire.send(server, WorkerFailed(f"{type(error).__name__}: {error}"))
         return
-    wire.send(server, WorkerReady(os.getpid(), loaded, warm_task_s))
+    labels = {name: models.models[name].labels for name in loaded}
+    wire.send(server, WorkerReady(os.getpid(), loaded, warm_task_s, labels))
     worker = Worker(models, config.max_pixels)
     while True:
-        task: Task = wire.receive(server)
+        message = wire.receive(server)
+        if isinstance(message, LogLevel):
+            _set_log_level(message.level)
+            continue
+        task: Task = message
+        log.debug("task of %d inputs for model %s on %d threads", task.size, task.model, task.threads)
         try:
             outcome = worker.run(task)
         except Exception as error:  # noqa: BLE001 - a failed task is answered, the worker lives on
-            message = f"inference failed: {type(error).__name__}: {error}"
-            outcome = TaskOutcome([ImageOutcome(error=(500, message)) for _ in task.images])
+            log.exception("model %s failed on a batch of %d", task.model, task.size)  # the traceback, for the log
+            detail = (str(error) if isinstance(error, ModelError)
+                      else f"inference failed: {type(error).__name__}: {error}")
+            outcome = TaskOutcome([JobOutcome(error=(500, detail)) for _ in task.inputs], records=take_records())
         wire.send(server, outcome)

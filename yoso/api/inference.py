@@ -1,0 +1,85 @@
+"""One request through inference, for every route that runs a model: admitted at the edge (its ticket) ->
+the model exists and can load -> its input arrives -> queued and run -> its answer, or the error that says
+why not. Dropped if the client leaves or the request's time runs out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from yoso.api.admission import ticket_of
+from yoso.api.errors import ApiError
+from yoso.serving.admission import RETRY_AFTER_S, Refused
+from yoso.serving.pool import TaskOverran, WorkerCrashed
+from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownModel
+from yoso.serving.tasks import JobOutcome, TaskOutcome
+
+DETECTOR = "detector"  # images in, detections out: /predict, /count_objects, /detect
+JSON_MODEL = "model"  # JSON in, JSON out: POST /v1/models/{name}:predict
+_WHERE = {DETECTOR: "/detect, /count_objects or /predict with an image", JSON_MODEL: "POST /v1/models/{name}:predict"}
+
+
+async def get_service(request: Request) -> InferenceService:
+    return request.app.state.service  # async: FastAPI would run a plain function in a thread pool
+
+
+Service = Annotated[InferenceService, Depends(get_service)]
+
+
+async def _until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def infer(request: Request, service: InferenceService, endpoint: str, kind: str,
+                read_input: Callable[[], Awaitable[bytes | list[Any]]], confidence: float = 0.0,
+                annotate: bool = False) -> tuple[JobOutcome, TaskOutcome]:
+    """The outcome of the request's input (an image for a detector, instances for a JSON model) and of the
+    task it ran in; ApiError otherwise."""
+    ticket = ticket_of(request.scope)
+    try:
+        await service.ensure_installed(ticket.model)
+    except UnknownModel as error:
+        raise ApiError(404, str(error)) from None
+    except ModelNotInstalled as error:
+        raise ApiError(409, str(error)) from None
+    served = service.catalog.models[ticket.model]
+    if served.kind != kind:
+        where = _WHERE[served.kind].format(name=served.name)
+        raise ApiError(422, f"Model {served.name!r} is a {served.kind} ({served.entry.target}): use {where}.")
+    timeout_s = ticket.timeout_s  # one bound, upload included: the caller's or the server's
+    try:
+        async with asyncio.timeout(ticket.remaining_s()):  # a stalled upload must not hold its place
+            data = await read_input()
+    except TimeoutError:
+        raise ApiError(408, f"The upload took longer than {timeout_s:g} s to arrive.") from None
+    inference = asyncio.ensure_future(service.run(ticket, data, endpoint, confidence, annotate))
+    disconnected = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({inference, disconnected}, timeout=ticket.remaining_s(),
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+    if inference not in done:
+        inference.cancel()  # a queued job is skipped; a running one finishes and is discarded
+        if disconnected in done:
+            raise ApiError(499, "The client closed the connection.")
+        raise ApiError(504, f"The request took longer than {timeout_s:g} s.")
+    if isinstance(refusal := inference.exception(), Refused):  # other uploads arrived: it may no longer wait
+        reason, detail = refusal.reason, refusal.detail
+        del data, inference, done, refusal  # a held refusal keeps no upload in memory (its traceback held one)
+        service.shed(reason)
+        await service.admission.hold_refusal()
+        raise ApiError(503, detail, {"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        job, task = inference.result()
+    except WorkerCrashed as error:
+        raise ApiError(500, f"{error}; the input was not processed. A new worker is starting.") from None
+    except TaskOverran as error:
+        raise ApiError(504, f"The request took longer than {timeout_s:g} s: {error}.") from None
+    if job.error is not None:
+        raise ApiError(*job.error)
+    return job, task

@@ -1,0 +1,97 @@
+"""Which models this server serves: the classes YOSO_MODEL_CLASS names, imported and checked.
+
+The server process imports each class to read its name, kind and labels (never instantiates it: that happens
+in the workers); a class that cannot be imported, is no yoso.Model, or clashes with another's name stops
+start-up with one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+from yoso.config import Settings
+from yoso.contract import Detector, Model, model_name
+from yoso.serving.tasks import ModelEntry
+
+
+class CatalogError(SystemExit):
+    """A model class that cannot be served: start-up (and `yoso check`) stops with this one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"yoso: {message}")
+
+
+def import_class(target: str) -> type[Model]:
+    """`module:Class` -> the class, imported from the working directory or PYTHONPATH."""
+    module_name, _, class_name = target.partition(":")
+    if not module_name or not class_name:
+        raise CatalogError(f"model class {target!r} is not module:Class (YOSO_MODEL_CLASS)")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: a user's module beside them is found
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - whatever the import raises is the user's to see, in one line
+        raise CatalogError(f"cannot import {module_name} for {target}: {type(error).__name__}: {error}") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise CatalogError(f"{target} is not a class derived from yoso.Model or yoso.Detector")
+    if cls.predict in (Model.predict, Detector.predict):
+        raise CatalogError(f"{target} does not define predict()")
+    return cls
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    cls: type[Model]
+    entry: ModelEntry
+
+    @property
+    def is_detector(self) -> bool:
+        return issubclass(self.cls, Detector)
+
+    @property
+    def kind(self) -> str:
+        return "detector" if self.is_detector else "model"
+
+    @property
+    def labels(self) -> list[str] | None:
+        labels = getattr(self.cls, "labels", None)
+        return list(labels) if labels else None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, ServedModel]
+    default: str  # the model of a request that names none
+    preload: list[str]  # loaded in every worker before the server reports ready
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Catalog:
+        models: dict[str, ServedModel] = {}
+        for target in settings.model_class:
+            model_class = import_class(target)
+            name = model_name(model_class)
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+                raise CatalogError(f"{target} is named {name!r}: a model's name is 1 to 64 letters, digits, '.', "
+                                   f"'_' or '-' (it goes in URLs and metric labels)")
+            if name in models:
+                raise CatalogError(f"two model classes are named {name!r}: {models[name].entry.target} and {target}")
+            models[name] = ServedModel(name, model_class, ModelEntry(name, target, settings.model_args))
+        default = settings.default_model or next(iter(models))
+        preload = settings.preload_models
+        if preload is None:  # every model that can load now
+            preload = [name for name, served in models.items() if served.cls.unavailable() is None]
+        for setting, names in (("YOSO_DEFAULT_MODEL", [default]), ("YOSO_PRELOAD_MODELS", preload)):
+            unknown = [name for name in names if name not in models]
+            if unknown:
+                raise CatalogError(f"bad setting {setting}: unknown model {', '.join(unknown)}; "
+                                   f"served: {', '.join(models)}")
+        return cls(models, default, preload)
+
+    def entries(self) -> dict[str, ModelEntry]:
+        return {name: served.entry for name, served in self.models.items()}
