@@ -24,6 +24,9 @@ class Miscounts(yoso.Detector):
 class Picky(yoso.Model):
     """Takes numbers only, and says so with yoso.InputError."""
 
+    def setup(self, device: str) -> None:
+        yoso.record("setups", 1)
+
     def predict(self, instances):
         yoso.record("instances_seen", len(instances))
         if not all(isinstance(x, (int, float)) for x in instances):

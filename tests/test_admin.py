@@ -158,9 +158,9 @@ def test_tasks_shows_each_queued_request_and_each_running_task(keyed, gate):
         running, queued = http.get("/admin/tasks").json()["tasks"]
         [worker] = inference_workers(keyed.process.pid)
         assert running == {"model": "waits-at-the-gate", "stage": "running", "age_s": running["age_s"],
-                           "inputs": 2, "worker_pid": worker.pid}
+                           "requests": 1, "worker_pid": worker.pid}
         assert queued == {"model": "waits-at-the-gate", "stage": "queued", "age_s": queued["age_s"],
-                          "inputs": None, "worker_pid": None}
+                          "requests": None, "worker_pid": None}
         assert running["age_s"] >= queued["age_s"] >= 0
         assert poll_until(lambda: open_the_gate(gate), 30)
         assert first.result(30).json() == {"predictions": [1, 2]}

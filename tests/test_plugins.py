@@ -26,7 +26,7 @@ from yosoclient import Client
 from yosoclient.cli import main as yosoclient_cli
 
 README_BLOCK = "<!-- the plug-in example: tests/test_plugins.py serves this block as it is -->\n```python\n"
-MISBEHAVING = ("Raises", "Miscounts", "Picky", "Hangs")
+MISBEHAVING = ("Raises", "Miscounts", "Picky", "Hangs", "FailsSetup")
 RED_SQUARES = [(20, 30, 80, 90), (150, 40, 250, 100)]  # x1, y1, x2, y2 (exclusive)
 
 
@@ -85,11 +85,11 @@ def test_the_first_class_is_the_default_model_and_models_lists_each_class_with_i
     listed = http.get("/models").json()
     assert listed["default"] == "red-blobs"
     by_name = {model["name"]: model for model in listed["models"]}
-    assert list(by_name) == ["red-blobs", "doubler", "raises", "miscounts", "picky", "hangs"]
+    assert list(by_name) == ["red-blobs", "doubler", "raises", "miscounts", "picky", "hangs", "fails-setup"]
     assert by_name["red-blobs"] | {"workers_loaded": 2} == {
         "name": "red-blobs", "installed": True, "loaded": True, "workers_loaded": 2, "classes": 1,
         "download_bytes": 0, "kind": "detector", "model_class": "my_models:RedBlobs"}
-    assert (by_name["doubler"]["kind"], by_name["doubler"]["classes"]) == ("model", None)
+    assert (by_name["doubler"]["kind"], by_name["doubler"]["classes"]) == ("json", None)
     assert http.post("/count_objects", files=file_field(red_squares_png())).json() == {"items": {"red": 2}}
 
 
@@ -111,7 +111,7 @@ def test_a_json_model_answers_kserve_v1_in_the_batches_the_scheduler_built(http)
 
     assert delta("yoso_model_statistic_sum") == 16  # every instance, recorded by the class itself
     assert delta("yoso_model_statistic_count") < 8  # in fewer batches than requests: they were batched
-    served = ["red-blobs", "doubler", "raises", "miscounts", "picky", "hangs"]
+    served = ["red-blobs", "doubler", "raises", "miscounts", "picky", "hangs", "fails-setup"]
     assert http.get("/v1/models").json() == {"models": served}
     assert http.get("/v1/models/doubler").json() == {"name": "doubler", "ready": True}
 
@@ -143,6 +143,13 @@ def test_a_class_that_raises_gets_a_500_naming_the_model_and_the_server_carries_
                      files=file_field(red_squares_png())).json() == {"items": {"red": 2}}
 
 
+def test_a_model_whose_setup_fails_on_first_use_answers_500_naming_it(http):
+    failed = http.post("/detect", params={"model": "fails-setup"}, files=file_field(red_squares_png()))
+    assert failed.status_code == 500
+    assert failed.json()["detail"] == ("model fails-setup: setting up tests.misbehaving_models:FailsSetup failed: "
+                                       "FileNotFoundError: weights.bin is not where it was expected")
+
+
 def test_a_result_of_the_wrong_length_is_a_clear_error(http):
     failed = http.post("/detect", params={"model": "miscounts"}, files=file_field(red_squares_png()))
     assert failed.status_code == 500
@@ -156,8 +163,13 @@ def test_an_input_the_model_refuses_gets_422_and_the_rest_of_its_batch_is_answer
     with ThreadPoolExecutor(4) as pool:  # one batch (YOSO_MAX_BATCH_DELAY_MS), one bad request in it
         answers = list(pool.map(predict, [[1], ["one"], [3, 4], [5]]))
     assert [a.status_code for a in answers] == [200, 422, 200, 200]
-    seen = value(scrape(http), "yoso_model_statistic_sum", model="picky", statistic="instances_seen")
+    samples = scrape(http)
+    seen = value(samples, "yoso_model_statistic_sum", model="picky", statistic="instances_seen")
     assert seen > 5  # the batch was refused as a whole, then each request ran alone
+    # what setup recorded, in the two workers that set it up on first use, under its own name
+    assert value(samples, "yoso_model_statistic_count", model="picky", statistic="setups") in (1, 2)
+    assert not [key for key in samples if dict(key[1]).get("statistic") == "setups" and
+                dict(key[1]).get("model") != "picky"]
     assert answers[1].json()["detail"] == "model picky cannot take this input: every instance must be a number"
     assert [a.json()["predictions"] for a in answers if a.status_code == 200] == [[-1], [-3, -4], [-5]]
 
@@ -185,7 +197,7 @@ def test_the_client_and_its_cli_work_for_a_plugin(plugins, tmp_path):
     inferred = CliRunner().invoke(yosoclient_cli, ["--url", plugins.url, "infer", "doubler", "[3, 4]"])
     assert (inferred.exit_code, inferred.output) == (0, "[6, 8]\n")
     listed = CliRunner().invoke(yosoclient_cli, ["--url", plugins.url, "models"]).output
-    assert "doubler" in listed and "model" in listed.splitlines()[2] and "detector" in listed
+    assert "doubler" in listed and "json" in listed.splitlines()[2] and "detector" in listed
 
 
 def test_the_watchdog_replaces_a_worker_whose_plugin_hangs_and_the_others_carry_on(http):
@@ -237,16 +249,16 @@ def test_yoso_check_sets_the_class_up_once_and_prints_the_plan(tmp_path):
                       YOSO_MAX_BATCH_SIZE="4", YOSO_PORT="9100")
     assert done.returncode == 0, done.stderr
     plan = done.stdout
-    for expected in ("red-blobs: my_models:RedBlobs, a detector; 1 label: red", "arguments: {'min_area': 80}",
+    for expected in ("red-blobs: my_models:RedBlobs, a detector model; 1 label: red", "arguments: {'min_area': 80}",
                      "set up on cpu and ran a blank image", "default model: red-blobs", "workers: 2 processes",
-                     "up to 4 inputs per batch", "http://0.0.0.0:9100", "POST /detect", "yoso check: ok"):
+                     "up to 4 requests per batch", "http://0.0.0.0:9100", "POST /detect", "yoso check: ok"):
         assert expected in plan
 
 
 @pytest.mark.parametrize(("target", "env", "problem"), [
     ("nowhere:Model", {}, "yoso: cannot import nowhere for nowhere:Model: ModuleNotFoundError"),
     ("json:JSONDecoder", {}, "yoso: json:JSONDecoder is not a class derived from yoso.Model or yoso.Detector"),
-    ("tests.misbehaving_models:FailsSetup", {}, "yoso check: fails-setup: setting up "
+    ("tests.misbehaving_models:FailsSetup", {}, "yoso check: model fails-setup: setting up "
      "tests.misbehaving_models:FailsSetup failed: FileNotFoundError: weights.bin is not where it was expected"),
     ("my_models:RedBlobs", {"YOSO_MODEL_ARGS": '{"min_area": 80, "colour": "red"}'}, "unexpected keyword argument"),
     ("my_models:RedBlobs", {"YOSO_MODEL_ARGS": "{min_area: 80"}, "yoso: bad setting YOSO_MODEL_ARGS="),
@@ -266,4 +278,17 @@ def test_a_setup_that_raises_stops_the_server_with_one_line_and_exit_1(tmp_path)
                           text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        "yoso: could not start the inference workers: FileNotFoundError: weights.bin is not where it was expected")
+        "yoso: could not start the inference workers: model fails-setup: setting up "
+        "tests.misbehaving_models:FailsSetup failed: FileNotFoundError: weights.bin is not where it was expected")
+
+
+def test_with_several_classes_model_args_is_keyed_by_model_name(tmp_path):
+    readme_module(tmp_path)
+    classes = "my_models:RedBlobs,my_models:Doubler,yoso.model.yolo:Yolov3Tiny"
+    keyed = yoso_check(cwd=tmp_path, YOSO_MODEL_CLASS=classes, YOSO_MODEL_ARGS='{"red-blobs": {"min_area": 80}}')
+    assert keyed.returncode == 0, keyed.stderr
+    assert "arguments: {'min_area': 80}" in keyed.stdout and keyed.stdout.count("arguments:") == 1
+    flat = yoso_check(cwd=tmp_path, YOSO_MODEL_CLASS=classes, YOSO_MODEL_ARGS='{"min_area": 80}')
+    assert flat.returncode == 1 and "Traceback" not in flat.stderr
+    assert "YOSO_MODEL_ARGS: with several model classes it is keyed by model name" in flat.stderr
+    assert "not a served model with an object of arguments: min_area" in flat.stderr

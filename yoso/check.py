@@ -13,7 +13,7 @@ from pathlib import Path
 from yoso.config import Settings
 from yoso.cores import available_cores
 from yoso.model.store import sha256_of
-from yoso.serving.catalog import Catalog, ServedModel
+from yoso.serving.catalog import Catalog, Kind, ServedModel
 
 LABELS_SHOWN = 6
 
@@ -33,15 +33,15 @@ def plan(settings: Settings) -> Iterator[str]:
     cores = available_cores()
     yield (f"workers: {settings.workers} processes on {cores} cores; {cores} threads for a batch that runs alone, "
            f"{max(1, cores // settings.workers)} each while workers are busy")
-    yield (f"batching: up to {settings.max_batch_size} inputs per batch, waiting at most "
+    yield (f"batching: up to {settings.max_batch_size} requests per batch, waiting at most "
            f"{settings.max_batch_delay_ms:g} ms for company")
     yield (f"admission: a request waits at most {settings.max_queue_wait_ms:g} ms for a worker; at most "
            f"{settings.queue_limit} wait and {settings.max_uploads} upload at once")
     yield f"listening on http://{settings.host}:{settings.port}"
     kinds = {served.kind for served in catalog.models.values()}
-    if "detector" in kinds:
+    if Kind.detector in kinds:
         yield "  POST /detect, /count_objects, /predict (detectors: ?model=NAME)"
-    if "model" in kinds:
+    if Kind.json in kinds:
         yield "  POST /v1/models/{name}:predict (JSON models, KServe V1)"
     yield "  GET /models, /healthz, /readyz, /docs" + (", /metrics" if settings.prometheus_metrics else "")
 
@@ -54,15 +54,18 @@ def _model(served: ServedModel, set_up: bool) -> Iterator[str]:
         more = ", ..." if len(labels) > LABELS_SHOWN else ""
         shown = f"{len(labels)} label{'s' if len(labels) > 1 else ''}: {', '.join(labels[:LABELS_SHOWN])}{more}"
     engine = getattr(cls, "engine", "") or "its own"
-    yield f"  {served.name}: {served.entry.target}, a {served.kind}; {shown}; engine {engine}"
+    yield f"  {served.name}: {served.entry.target}, a {served.kind.value} model; {shown}; engine {engine}"
     if served.entry.args:
         yield f"    arguments: {served.entry.args}"
-    why = cls.unavailable()
+    why = served.unavailable()
     if why is not None:
         yield f"    not available now, served once it is: {why}"
         return
     for path in _files(served):
-        yield f"    file {path} ({path.stat().st_size:,} bytes) sha256 {sha256_of(path)}"
+        try:
+            yield f"    file {path} ({path.stat().st_size:,} bytes) sha256 {sha256_of(path)}"
+        except OSError as error:
+            raise CheckFailed(f"{served.name}: cannot read {path}: {error.strerror or error}") from None
     if set_up:
         yield f"    {_set_up(served)}"
 
@@ -70,20 +73,25 @@ def _model(served: ServedModel, set_up: bool) -> Iterator[str]:
 def _files(served: ServedModel) -> list[Path]:
     """The files the class says it loads (`files()`), and any argument that names a file."""
     declared = getattr(served.cls, "files", None)
-    paths = list(declared()) if declared else []
+    try:
+        paths = list(declared()) if declared else []
+    except Exception as error:  # noqa: BLE001 - the user's code: one line
+        raise CheckFailed(f"{served.name}: files() raised {type(error).__name__}: {error}") from None
     paths += [Path(value) for value in served.entry.args.values() if isinstance(value, str) and Path(value).is_file()]
     return [Path(path) for path in dict.fromkeys(paths)]
 
 
 def _set_up(served: ServedModel) -> str:
+    from yoso.serving.runner import ModelError
     from yoso.serving.worker import DEVICE, ModelCache
 
     cache = ModelCache({served.name: served.entry})
     started = time.perf_counter()
     try:
         cache.load(served.name)
-    except Exception as error:  # noqa: BLE001 - the user's code: whatever it raises is one line
-        raise CheckFailed(f"{served.name}: setting up {served.entry.target} failed: "
-                          f"{type(error).__name__}: {error}") from None
+    except ModelError as error:  # the class's own failure, already named
+        raise CheckFailed(str(error)) from None
+    except Exception as error:  # noqa: BLE001 - its warm-up, say: whatever the user's code raises is one line
+        raise CheckFailed(f"model {served.name}: {type(error).__name__}: {error}") from None
     ran = " and ran a blank image" if served.is_detector else ""
     return f"set up on {DEVICE}{ran} in {time.perf_counter() - started:.2f} s"

@@ -15,7 +15,7 @@ from yoso.model.zoo import TINY_MODELS, ZOO
 
 @click.group()
 def main() -> None:
-    """yoso: YOLO object detection over HTTP."""
+    """yoso: object detectors, and any model you bring as a class, served over HTTP."""
 
 
 MODEL_CLASS = click.argument("model_class", required=False, metavar="[MODULE:CLASS]")

@@ -13,16 +13,18 @@
         def predict(self, instances: list) -> list: ...   # one prediction per instance, in order
 
 Served with `YOSO_MODEL_CLASS=module:Class` (or `yoso serve module:Class`); the module is imported from the
-working directory or PYTHONPATH, in the server process (to read `name` and `labels`: import heavy libraries
-in `setup`) and in every worker. Optional steps, called in sequence around `predict` and each timed as a
-stage (yoso_stage_seconds and a span): `preprocess(batch) -> batch` and `postprocess(batch) -> batch`.
-Optional hooks: `set_threads(count)`, told the threads a batch may use (all cores for a batch that runs alone,
-one worker's share otherwise; OpenCV's are set already); `unavailable()` (a classmethod), why the model cannot
-load now, or None; `files()` (a classmethod), the files it loads, which `yoso check` lists with their sha256
-(arguments naming a file are listed too); `engine`, a class attribute naming what runs it, for `yoso check`. A Detector's `predict` may take a `confidence` keyword: the request's threshold, so that it
-can skip weaker boxes early (yoso drops them in any case); so may its `preprocess` and `postprocess`.
-Raise `yoso.InputError` from any step for an input the model cannot take: that request gets 422. `yoso.record(statistic, value)` from any step puts
-a figure of the class's own into /metrics.
+working directory or PYTHONPATH, in the server process (to read `name` and `labels`) and in every worker.
+Optional steps, called in sequence around `predict` and each timed as a stage (yoso_stage_seconds and a
+span): `preprocess(batch) -> batch` and `postprocess(batch) -> batch`. A detector's step that takes a
+`confidence` keyword gets the request's threshold, to skip weaker boxes early (yoso drops them in any case).
+Raise `yoso.InputError` from any step for an input the model cannot take: that request gets 422.
+`yoso.record(statistic, value)` from `setup` or any step puts a figure of the class's own into /metrics.
+
+Optional hooks: `set_threads(count)`, told the threads a batch may use (all cores for a batch that runs
+alone, one worker's share otherwise; OpenCV's are set already); `unavailable()` (a classmethod), why the
+model cannot load now, or None; `files()` (a classmethod), the files it loads, which `yoso check` lists with
+their sha256 (arguments naming a file are listed too); `engine`, a class attribute naming what runs it, and
+`download_bytes()` (a classmethod), what `yoso models pull` fetches for it, for `yoso check` and /models.
 
 This module is imported by the user's code and by the server process: it stays free of heavy imports.
 """
@@ -75,7 +77,7 @@ class Model:
 class Detector(Model):
     """Images in, detections out. Subclass it, set `name` and `labels`, and write `setup` and `predict`."""
 
-    labels: ClassVar[Sequence[str] | None] = None  # the labels it can return, when known (setup may set them)
+    labels: Sequence[str] | None = None  # the labels it can return, when known (setup may set self.labels)
 
     def predict(self, images: Any) -> Any:
         """The run phase: a batch of BGR uint8 images (height x width x 3, `list[np.ndarray]`) -> the detections

@@ -13,7 +13,7 @@ class ModelStatus:
     """A served model: installed (it can load: for the zoo, its files are in YOSO_MODEL_DIR), loaded (held in
     memory by `workers_loaded` worker processes), its number of classes when it declares its labels, what
     `yoso models pull` downloads for it (0 for a plug-in), its kind (detector: images in, detections out;
-    model: JSON in, JSON out) and the class that serves it (module:Class)."""
+    json: JSON in, JSON out) and the class that serves it (module:Class)."""
 
     name: str
     installed: bool

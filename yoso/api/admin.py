@@ -44,7 +44,7 @@ class TaskEntry(BaseModel):
     stage: Literal["queued", "running"] = Field(
         description="queued: one request waiting for a worker; running: one task (a batch of requests) on a worker.")
     age_s: float = Field(description="Seconds since the request was queued, or since the task reached its worker.")
-    inputs: int | None = Field(None, description="Running: the images or JSON instances in the task.")
+    requests: int | None = Field(None, description="Running: the requests batched in the task.")
     worker_pid: int | None = Field(None, description="Running: the worker process's id.")
 
 
@@ -80,7 +80,7 @@ async def put_log_level(request: Request, service: Service):
             responses=_ERRORS)
 async def tasks(service: Service):
     now = time.monotonic()
-    running = [TaskEntry(model=task.kind[0], stage="running", age_s=round(now - task.started, 3), inputs=task.kind[2],
+    running = [TaskEntry(model=task.kind[0], stage="running", age_s=round(now - task.started, 3), requests=task.kind[2],
                          worker_pid=pid) for pid, task in service.pool.tasks().items()]
     queued = [TaskEntry(model=job.model, stage="queued", age_s=round(now - job.enqueued, 3))
               for job in service.scheduler.queued()]

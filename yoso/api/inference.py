@@ -13,13 +13,13 @@ from fastapi import Depends, Request
 from yoso.api.admission import ticket_of
 from yoso.api.errors import ApiError
 from yoso.serving.admission import RETRY_AFTER_S, Refused
+from yoso.serving.catalog import Kind
 from yoso.serving.pool import TaskOverran, WorkerCrashed
 from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownModel
 from yoso.serving.tasks import JobOutcome, TaskOutcome
 
-DETECTOR = "detector"  # images in, detections out: /predict, /count_objects, /detect
-JSON_MODEL = "model"  # JSON in, JSON out: POST /v1/models/{name}:predict
-_WHERE = {DETECTOR: "/detect, /count_objects or /predict with an image", JSON_MODEL: "POST /v1/models/{name}:predict"}
+_WHERE = {Kind.detector: "/detect, /count_objects or /predict with an image",
+          Kind.json: "POST /v1/models/{name}:predict with JSON instances"}
 
 
 async def get_service(request: Request) -> InferenceService:
@@ -34,7 +34,7 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-async def infer(request: Request, service: InferenceService, endpoint: str, kind: str,
+async def infer(request: Request, service: InferenceService, endpoint: str, kind: Kind,
                 read_input: Callable[[], Awaitable[bytes | list[Any]]], confidence: float = 0.0,
                 annotate: bool = False) -> tuple[JobOutcome, TaskOutcome]:
     """The outcome of the request's input (an image for a detector, instances for a JSON model) and of the
@@ -49,7 +49,8 @@ async def infer(request: Request, service: InferenceService, endpoint: str, kind
     served = service.catalog.models[ticket.model]
     if served.kind != kind:
         where = _WHERE[served.kind].format(name=served.name)
-        raise ApiError(422, f"Model {served.name!r} is a {served.kind} ({served.entry.target}): use {where}.")
+        raise ApiError(422, f"Model {served.name!r} is a {served.kind.value} model ({served.entry.target}): "
+                            f"use {where}.")
     timeout_s = ticket.timeout_s  # one bound, upload included: the caller's or the server's
     try:
         async with asyncio.timeout(ticket.remaining_s()):  # a stalled upload must not hold its place

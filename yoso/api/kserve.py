@@ -13,7 +13,9 @@ from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import ClientDisconnect
 
 from yoso.api.errors import ApiError, ErrorResponse
-from yoso.api.inference import JSON_MODEL, Service, infer
+from yoso.api.inference import Service, infer
+from yoso.serving.catalog import Kind
+from yoso.serving.service import UnknownModel
 
 
 
@@ -65,6 +67,8 @@ async def read_instances(request: Request, max_bytes: int) -> list[Any]:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(422, f"The body is not JSON ({error}); send {{\"instances\": [...]}}.") from None
+    except RecursionError:
+        raise ApiError(422, "The body's JSON is nested too deeply.") from None
     instances = document.get("instances", document.get("inputs")) if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, 'Send a JSON object {"instances": [...]} with at least one instance.')
@@ -79,13 +83,13 @@ async def list_models(service: Service):
 @router.get("/{name:model_name}", response_model=V1ModelStatus, summary="Whether a model is ready", responses=_ERRORS)
 async def model_status(name: str, service: Service):
     if name not in service.catalog.models:
-        raise ApiError(404, f"Unknown model {name!r}. Served models: {', '.join(service.catalog.models)}.")
+        raise ApiError(404, str(UnknownModel(name, list(service.catalog.models))))
     return V1ModelStatus(name=name, ready=service.ready and service.pool.workers_with(name) > 0)
 
 
 @router.post("/{name:model_name}:predict", response_model=V1Predictions, summary="Predictions of a JSON model (yoso.Model)",
              openapi_extra={"requestBody": _BODY_DOC}, responses=_ERRORS)
 async def predict(name: str, request: Request, service: Service):
-    job, _ = await infer(request, service, "/v1/models/{name}:predict", JSON_MODEL,
+    job, _ = await infer(request, service, "/v1/models/{name}:predict", Kind.json,
                          lambda: read_instances(request, service.settings.max_upload_bytes))
     return V1Predictions(predictions=job.predictions or [])

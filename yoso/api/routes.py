@@ -14,8 +14,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from yoso.api.admission import TIMEOUT_HEADER, ticket_of
 from yoso.api.errors import ApiError, ErrorResponse
 from yoso.api.schemas import CountResponse, DetectionOut, DetectResponse, HealthResponse, ModelsResponse
-from yoso.api.inference import DETECTOR, Service, infer
+from yoso.api.inference import Service, infer
 from yoso.api.upload import UPLOAD_BODY_DOC, read_image_upload
+from yoso.serving.catalog import Kind
 from yoso.serving.service import InferenceService
 from yoso.serving.tasks import JobOutcome, TaskOutcome
 
@@ -64,7 +65,7 @@ async def _detect(request: Request, service: InferenceService, confidence: float
     The worker checks the image header before decoding: a header crafted to be slow to parse costs one
     worker's time, never the event loop's, and the server process does no image work at all.
     """
-    return await infer(request, service, endpoint, DETECTOR,
+    return await infer(request, service, endpoint, Kind.detector,
                        lambda: read_image_upload(request, service.settings.max_upload_bytes), confidence, annotate)
 
 
@@ -130,6 +131,6 @@ async def readyz(service: Service):
 async def index(service: Service):
     title = html.escape(service.settings.title)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title></head>
-<body><h1>{title}</h1><p>YOLO object detection over HTTP.</p>
+<body><h1>{title}</h1><p>Object detection, and any model you bring, over HTTP.</p>
 <ul><li><a href="/docs">/docs</a>: try the API</li><li><a href="/redoc">/redoc</a>: reference</li>
-<li><a href="/models">/models</a>: the model zoo</li></ul></body></html>"""
+<li><a href="/models">/models</a>: the models served</li></ul></body></html>"""

@@ -4,7 +4,7 @@ The rule is a time budget. A request is admitted while the time it is expected t
 its budget: `YOSO_MAX_QUEUE_WAIT_MS` (2 s by default), and less when its caller will not wait that long
 (`X-Yoso-Timeout-Ms`, or the server's `YOSO_REQUEST_TIMEOUT_S`): then the wait and its own task must fit.
 The expected wait comes from what the workers run now and what waits before it, at the task times the
-workers have shown: learned per kind of task (model, threads, images), seeded by each worker's warm-up.
+workers have shown: learned per kind of task (model, threads, requests), seeded by each worker's warm-up.
 It is stretched by how far recent waits ran past their expectation (the 99th percentile of actual /
 expected), so that the budget bounds nearly every wait, not the average one, however noisy the host.
 Two hard caps stand beside it: `YOSO_MAX_QUEUE` requests waiting (memory: each holds its upload) and
@@ -83,12 +83,12 @@ class TaskTimes:
         return dict(self._seconds)
 
     def expected_s(self, kind: TaskKind) -> float:
-        """The learned time of this kind; else the model's single-image time at these threads, times the
-        images; 0 when nothing of the model at these threads is known yet (admission then goes by the caps)."""
+        """The learned time of this kind; else the model's time for one request at these threads, times the
+        requests; 0 when nothing of the model at these threads is known yet (admission then goes by the caps)."""
         if kind in self._seconds:
             return self._seconds[kind]
-        model, threads, images = kind
-        return self._seconds.get((model, threads, 1), 0.0) * images
+        model, threads, requests = kind
+        return self._seconds.get((model, threads, 1), 0.0) * requests
 
     def record(self, kind: TaskKind, seconds: float) -> None:
         known = self._seconds.get(kind)

@@ -12,6 +12,8 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 from yoso.config import Settings
 from yoso.contract import Detector, Model, model_name
@@ -44,6 +46,13 @@ def import_class(target: str) -> type[Model]:
     return cls
 
 
+class Kind(str, Enum):
+    """What a model takes and gives (the `kind` of /models)."""
+
+    detector = "detector"  # a yoso.Detector: images in, detections out (/detect, /count_objects, /predict)
+    json = "json"  # a yoso.Model: JSON instances in, one JSON prediction each out (KServe V1)
+
+
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -55,8 +64,15 @@ class ServedModel:
         return issubclass(self.cls, Detector)
 
     @property
-    def kind(self) -> str:
-        return "detector" if self.is_detector else "model"
+    def kind(self) -> Kind:
+        return Kind.detector if self.is_detector else Kind.json
+
+    def unavailable(self) -> str | None:
+        """The class's `unavailable()`; what it raises is a reason too (never a traceback for a client)."""
+        try:
+            return self.cls.unavailable()
+        except Exception as error:  # noqa: BLE001 - the user's code
+            return f"{self.entry.target}.unavailable() raised {type(error).__name__}: {error}"
 
     @property
     def labels(self) -> list[str] | None:
@@ -73,19 +89,20 @@ class Catalog:
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
         models: dict[str, ServedModel] = {}
-        for target in settings.model_class:
-            model_class = import_class(target)
+        classes = [(target, import_class(target)) for target in settings.model_class]
+        args_by_name = _arguments(settings.model_args, [model_name(cls) for _, cls in classes])
+        for target, model_class in classes:
             name = model_name(model_class)
             if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
                 raise CatalogError(f"{target} is named {name!r}: a model's name is 1 to 64 letters, digits, '.', "
                                    f"'_' or '-' (it goes in URLs and metric labels)")
             if name in models:
                 raise CatalogError(f"two model classes are named {name!r}: {models[name].entry.target} and {target}")
-            models[name] = ServedModel(name, model_class, ModelEntry(name, target, settings.model_args))
+            models[name] = ServedModel(name, model_class, ModelEntry(name, target, args_by_name.get(name, {})))
         default = settings.default_model or next(iter(models))
         preload = settings.preload_models
         if preload is None:  # every model that can load now
-            preload = [name for name, served in models.items() if served.cls.unavailable() is None]
+            preload = [name for name, served in models.items() if served.unavailable() is None]
         for setting, names in (("YOSO_DEFAULT_MODEL", [default]), ("YOSO_PRELOAD_MODELS", preload)):
             unknown = [name for name in names if name not in models]
             if unknown:
@@ -95,3 +112,16 @@ class Catalog:
 
     def entries(self) -> dict[str, ModelEntry]:
         return {name: served.entry for name, served in self.models.items()}
+
+
+def _arguments(model_args: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each model's constructor arguments: YOSO_MODEL_ARGS itself for a lone class; with several, an object
+    keyed by model name (a class left out gets none)."""
+    if len(names) == 1:
+        return {names[0]: model_args}
+    unknown = [key for key, value in model_args.items() if key not in names or not isinstance(value, dict)]
+    if unknown:
+        raise CatalogError(f"bad setting YOSO_MODEL_ARGS: with several model classes it is keyed by model name, "
+                           f'{{"{names[0]}": {{...}}}}; not a served model with an object of arguments: '
+                           f"{', '.join(unknown)}")
+    return model_args

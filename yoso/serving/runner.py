@@ -93,11 +93,11 @@ class LoadedModel:
 
 
 def _plain(value: Any) -> Any:
-    """NumPy arrays and scalars as Python lists and numbers (what JSON and pickling expect)."""
-    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, list):
-        return [item.tolist() if hasattr(item, "tolist") else item for item in value]
+    """NumPy arrays and scalars as Python lists and numbers, at any depth (what JSON and pickling expect)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
+        return _plain(value.tolist())
     return value

@@ -1,4 +1,4 @@
-"""Which image runs when: a queue in front of the worker pool, with same-model micro-batching.
+"""Which request runs when: a queue in front of the worker pool, with same-model micro-batching.
 
 Admission (yoso.serving.admission) decides which requests may wait here; the scheduler keeps them in order.
 When a worker frees up, the oldest waiting request goes to it together with up to `max_batch_size - 1`

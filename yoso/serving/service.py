@@ -1,8 +1,8 @@
 """The inference service: everything the HTTP layer needs, and nothing of HTTP.
 
 It owns the worker pool, the scheduler in front of it and the admission policy that guards both, knows which
-models are installed and loaded, and tells observers what happened to each image, each task (batch), each
-refused request and each replaced worker, so that metrics and traces are attached from outside.
+models are served (the catalog), installed and loaded, and tells observers what happened to each request, each
+task (batch), each refused request and each replaced worker, so that metrics and traces attach from outside.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class ModelNotInstalled(LookupError):
 
 
 class InferenceObserver(Protocol):
-    """Told about every processed image, finished task, model load, refusal and replaced worker (metrics, traces)."""
+    """Told about every answered request, finished task, model load, refusal and replaced worker (metrics, traces)."""
 
     def image_done(self, model: str, endpoint: str, confidence: float, image: JobOutcome,
                    task: TaskOutcome) -> None:
@@ -118,7 +118,7 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        """Models loaded and warmed, not draining, and at least one worker alive to take images."""
+        """Models set up and warmed, not draining, and at least one worker alive to take requests."""
         return self.admission.closed is None and self.pool.live > 0
 
     def drain(self) -> None:
@@ -148,7 +148,7 @@ class InferenceService:
         served = self.catalog.models.get(name)
         if served is None:
             raise UnknownModel(name, list(self.catalog.models))
-        why = served.cls.unavailable()
+        why = served.unavailable()
         if why is not None:
             raise ModelNotInstalled(why)
         self._installed.add(name)
@@ -173,8 +173,8 @@ class InferenceService:
             labels = served.labels or self._labels.get(name)
             download = getattr(served.cls, "download_bytes", None)
             statuses.append(ModelStatus(
-                name, served.cls.unavailable() is None, loaded_by > 0, loaded_by, len(labels) if labels else None,
-                download() if download else 0, served.kind, served.entry.target))
+                name, served.unavailable() is None, loaded_by > 0, loaded_by, len(labels) if labels else None,
+                download() if download else 0, served.kind.value, served.entry.target))
         return statuses
 
     @property
@@ -199,7 +199,7 @@ class InferenceService:
         self._notify("model_loaded", model, seconds)
 
     def _task_done(self, kind: TaskKind, task: TaskOutcome, seconds: float) -> None:
-        if task.model_load_s is None and task.inference is not None:  # a typical task: no model load, images read
+        if task.model_load_s is None and task.inference is not None:  # a typical task: no model load, its inputs read
             self.admission.times.record(kind, seconds)
         self._notify("task_done", kind[0], task)
 

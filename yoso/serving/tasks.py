@@ -13,7 +13,8 @@ from yoso.contract import Detection
 Interval = tuple[int, int]
 
 TaskKind = tuple[str, int, int]
-"""model, threads, inputs (images, or instances): what decides how long a task takes."""
+"""model, threads, requests (one image each for a detector): what decides how long a task takes, in the unit
+admission and batching count."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Task:
 
     @property
     def kind(self) -> TaskKind:
-        return (self.model, self.threads, self.size)
+        return (self.model, self.threads, len(self.inputs))
 
 
 @dataclass

@@ -44,15 +44,23 @@ class ModelCache:
     def __init__(self, entries: dict[str, ModelEntry]) -> None:
         self.entries = entries
         self.models: dict[str, LoadedModel] = {}
+        self.setup_records: dict[str, list[tuple[str, float]]] = {}  # yoso.record in setup: sent with a first task
 
     def load(self, name: str) -> float:
+        """Seconds to build, set up and warm the model; ModelError (naming it) if its class fails."""
         started = time.perf_counter()
         entry = self.entries[name]
-        instance = import_class(entry.target)(**entry.args)
-        instance.setup(DEVICE)
+        try:
+            instance = import_class(entry.target)(**entry.args)
+            instance.setup(DEVICE)
+        except Exception as error:
+            raise ModelError(f"model {name}: setting up {entry.target} failed: {type(error).__name__}: {error}") \
+                from error
+        self.setup_records[name] = take_records()
         model = LoadedModel(name, instance)
         if model.is_detector:
             _warm_up(model)
+            take_records()  # a blank image is no batch of the model's
         self.models[name] = model
         return time.perf_counter() - started
 
@@ -72,7 +80,7 @@ class Worker:
         model.set_threads(task.threads)
         try:
             result = self._detect(model, task) if model.is_detector else self._predict(model, task)
-            result.records = take_records()
+            result.records = self.models.setup_records.pop(task.model, []) + take_records()
         except InputRejected as rejected:
             if len(task.inputs) == 1:
                 result = TaskOutcome([JobOutcome(error=(422, str(rejected)))], records=take_records())
@@ -87,8 +95,6 @@ class Worker:
         for i, data in enumerate(task.inputs):
             started = time.time_ns()
             try:
-                if not isinstance(data, bytes):
-                    raise imaging.ImageError(422, f"model {model.name} is a detector: it takes images")
                 imaging.inspect(data, self.max_pixels)  # the header first: a pixel bomb is never decoded
                 images[i] = imaging.decode(data)
             except imaging.ImageError as error:
@@ -111,9 +117,6 @@ class Worker:
 
     @staticmethod
     def _predict(model: LoadedModel, task: Task) -> TaskOutcome:
-        if not all(isinstance(item, list) for item in task.inputs):
-            message = f"model {model.name} takes JSON instances, not images: POST /v1/models/{model.name}:predict"
-            return TaskOutcome([JobOutcome(error=(422, message)) for _ in task.inputs])
         instances = [instance for item in task.inputs for instance in item]
         predictions, stages = model.predict(instances)
         outcomes, start = [], 0
@@ -195,8 +198,10 @@ def _load_then_answer(server: socket.socket, models: ModelCache, config: WorkerC
     try:
         loaded = {name: models.load(name) for name in config.preload}
         warm_task_s = _warm_task_s(models, {config.busy_threads, config.cores})
+        take_records()  # what the model recorded on blank images: no batch of its
     except Exception as error:  # noqa: BLE001 - reported to the server, which refuses to start
-        wire.send(server, WorkerFailed(f"{type(error).__name__}: {error}"))
+        why = str(error) if isinstance(error, ModelError) else f"{type(error).__name__}: {error}"
+        wire.send(server, WorkerFailed(why))
         return
     labels = {name: models.models[name].labels for name in loaded}
     wire.send(server, WorkerReady(os.getpid(), loaded, warm_task_s, labels))
