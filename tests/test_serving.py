@@ -367,7 +367,8 @@ def test_a_pool_whose_models_fail_to_load_exits_1_with_one_line(start, model_sto
     weights.write_bytes(weights.read_bytes()[:1000])
     worker.resume()
     assert live.process.wait(60) == 1
-    assert live.log().splitlines()[-1].startswith("yoso: could not start the inference workers: LookupError: ")
+    assert live.log().splitlines()[-1].startswith("yoso: could not start the inference workers: model yolov3-tiny: "
+                                                  "setting up yoso.model.yolo:Yolov3Tiny failed: LookupError: ")
     assert "Traceback" not in live.log()
 
 
