@@ -262,10 +262,11 @@ def test_yoso_check_sets_the_class_up_once_and_prints_the_plan(tmp_path):
      "tests.misbehaving_models:FailsSetup failed: FileNotFoundError: weights.bin is not where it was expected"),
     ("my_models:RedBlobs", {"YOSO_MODEL_ARGS": '{"min_area": 80, "colour": "red"}'}, "unexpected keyword argument"),
     ("my_models:RedBlobs", {"YOSO_MODEL_ARGS": "{min_area: 80"}, "yoso: bad setting YOSO_MODEL_ARGS="),
+    ("", {"YOSO_MODEL_CLASS": " , "}, "yoso: bad setting YOSO_MODEL_CLASS: it names no model class"),
 ])
 def test_yoso_check_fails_with_one_line_and_exit_1(tmp_path, target, env, problem):
     readme_module(tmp_path)
-    done = yoso_check(target, cwd=tmp_path, **env)
+    done = yoso_check(*[target] if target else [], cwd=tmp_path, **env)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert problem in done.stderr

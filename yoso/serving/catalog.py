@@ -88,6 +88,8 @@ class Catalog:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
+        if not settings.model_class:
+            raise CatalogError("bad setting YOSO_MODEL_CLASS: it names no model class (module:Class, comma-separated)")
         models: dict[str, ServedModel] = {}
         classes = [(target, import_class(target)) for target in settings.model_class]
         args_by_name = _arguments(settings.model_args, [model_name(cls) for _, cls in classes])
