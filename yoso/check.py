@@ -29,7 +29,8 @@ def plan(settings: Settings) -> Iterator[str]:
     yield "models:"
     for name, served in catalog.models.items():
         yield from _model(served, set_up=name in catalog.preload)
-    yield f"default model: {catalog.default}; set up in every worker before ready: {', '.join(catalog.preload) or 'none'}"
+    preload = ", ".join(catalog.preload) or "none"
+    yield f"default model: {catalog.default}; set up in every worker before ready: {preload}"
     cores = available_cores()
     yield (f"workers: {settings.workers} processes on {cores} cores; {cores} threads for a batch that runs alone, "
            f"{max(1, cores // settings.workers)} each while workers are busy")

@@ -84,7 +84,7 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar="YOSO_CLIENT_URL", show_envvar=True, default=DEFAULT_URL, show_default=True,
               help="The yoso server.")
-@click.option("--model", "-m", metavar="NAME", help="Model to run (default: the server's YOSO_DEFAULT_MODEL).")
+@click.option("--model", "-m", metavar="NAME", help="Detector to run (default: the server's default model).")
 @click.option("--confidence", "-c", type=click.FloatRange(0, 1, min_open=True),
               help="Keep detections scoring above this, in (0, 1] (default: 0.5).")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=DEFAULT_TIMEOUT_S, show_default=True,
@@ -94,7 +94,7 @@ def _table(headers: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
 @click.pass_context
 def main(ctx: click.Context, url: str, model: str | None, confidence: float | None, timeout: float,
          api_key: str | None) -> None:
-    """Detect objects in images with a yoso server.
+    """Detect objects in images, or run a JSON model (infer), with a yoso server.
 
     \b
     Example:
@@ -286,7 +286,7 @@ def infer(session: Session, model: str, instances: str) -> None:
         raise Failure(f"INSTANCES is not JSON: {error}") from None
     if not isinstance(parsed, list):
         raise Failure("INSTANCES must be a JSON list, one entry per prediction")
-    click.echo(json.dumps(session.client.predict_instances(model, parsed)))
+    click.echo(json.dumps(session.client.infer(model, parsed)))
 
 
 @main.command()

@@ -218,7 +218,7 @@ class Client:
         return DetectResult(body["model"], body["confidence"], body["width"], body["height"], detections,
                             body["inference_ms"])
 
-    def predict_instances(self, model: str, instances: list[Any]) -> list[Any]:
+    def infer(self, model: str, instances: list[Any]) -> list[Any]:
         """A JSON model's predictions (KServe V1: POST /v1/models/{model}:predict), one per instance, in order."""
         body = self._request("POST", f"/v1/models/{quote(model, safe='')}:predict", json={"instances": instances},
                              headers=self._deadline()).json()

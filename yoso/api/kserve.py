@@ -87,7 +87,8 @@ async def model_status(name: str, service: Service):
     return V1ModelStatus(name=name, ready=service.ready and service.pool.workers_with(name) > 0)
 
 
-@router.post("/{name:model_name}:predict", response_model=V1Predictions, summary="Predictions of a JSON model (yoso.Model)",
+@router.post("/{name:model_name}:predict", response_model=V1Predictions,
+             summary="Predictions of a JSON model (yoso.Model)",
              openapi_extra={"requestBody": _BODY_DOC}, responses=_ERRORS)
 async def predict(name: str, request: Request, service: Service):
     job, _ = await infer(request, service, "/v1/models/{name}:predict", Kind.json,

@@ -41,7 +41,7 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 class InferenceMetrics:
     """yoso's own metrics: what the models cost and what they see."""
 
-    def __init__(self, registry: CollectorRegistry, models: Iterable[str]) -> None:
+    def __init__(self, registry: CollectorRegistry, models: Iterable[str], detectors: Iterable[str]) -> None:
         self.inference_seconds = Histogram(
             "yoso_inference_seconds", "The model's steps on one batch, in the worker process.", ["model"],
             buckets=INFERENCE_SECONDS_BUCKETS, registry=registry)
@@ -88,10 +88,11 @@ class InferenceMetrics:
         self.workers_replaced = Counter(
             "yoso_workers_replaced_total", "Worker processes replaced: died, hung (a task past its deadline) or "
             "start_timeout (models not loaded within YOSO_STARTUP_TIMEOUT_S).", ["reason"], registry=registry)
-        for model in models:  # zero from the start, so that rate() and ratios work before the first image
-            self.images_without_detections.labels(model)
+        for model in models:  # zero from the start, so that rate() and ratios work before the first request
             self.model_load_seconds.labels(model)
             self.queue_wait_seconds.labels(model)
+        for model in detectors:
+            self.images_without_detections.labels(model)
         for reason in Reason:
             self.requests_shed.labels(reason.value)
         for exit_reason in Exit:
@@ -215,7 +216,8 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     registry.register(ServingState(service))
-    metrics = InferenceMetrics(registry, service.catalog.models)
+    served = service.catalog.models
+    metrics = InferenceMetrics(registry, served, [name for name, model in served.items() if model.is_detector])
     service.observers.append(MetricsObserver(metrics))
 
     instrumentator = Instrumentator(

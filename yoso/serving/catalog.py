@@ -39,6 +39,10 @@ def import_class(target: str) -> type[Model]:
     except Exception as error:  # noqa: BLE001 - whatever the import raises is the user's to see, in one line
         raise CatalogError(f"cannot import {module_name} for {target}: {type(error).__name__}: {error}") from None
     cls = getattr(module, class_name, None)
+    if cls is None:
+        found = [name for name, value in vars(module).items()
+                 if isinstance(value, type) and issubclass(value, Model) and value.__module__ == module.__name__]
+        raise CatalogError(f"module {module_name} has no {class_name} (its model classes: {', '.join(found) or 'none'})")
     if not (isinstance(cls, type) and issubclass(cls, Model)):
         raise CatalogError(f"{target} is not a class derived from yoso.Model or yoso.Detector")
     if cls.predict in (Model.predict, Detector.predict):
