@@ -32,6 +32,7 @@ This module is imported by the user's code and by the server process: it stays f
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -53,7 +54,7 @@ class InputError(ValueError):
     is answered 422 with the message, and the other requests of its batch run again without it."""
 
 
-class Model:
+class Model(ABC):
     """Any JSON in, JSON out. Subclass it, set `name`, and write `setup` and `predict`."""
 
     name: ClassVar[str] = ""  # empty: the class name in kebab case (RedBlobs -> red-blobs)
@@ -62,10 +63,10 @@ class Model:
         """The init phase: load weights, open sessions. Called once in each worker before it takes requests,
         with the device it runs on ("cpu")."""
 
+    @abstractmethod
     def predict(self, instances: Any) -> Any:
         """The run phase: a batch of instances (as the scheduler built it) -> one prediction each, in order.
         (With `preprocess`, it gets what that returned; with `postprocess`, it returns what that takes.)"""
-        raise NotImplementedError(f"{type(self).__name__}.predict")
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -79,11 +80,11 @@ class Detector(Model):
 
     labels: Sequence[str] | None = None  # the labels it can return, when known (setup may set self.labels)
 
+    @abstractmethod
     def predict(self, images: Any) -> Any:
         """The run phase: a batch of BGR uint8 images (height x width x 3, `list[np.ndarray]`) -> the detections
         in each (`list[list[yoso.Detection]]`), in order. (With `preprocess`, it gets what that returned; with
         `postprocess`, it returns what that takes.)"""
-        raise NotImplementedError(f"{type(self).__name__}.predict")
 
 
 def model_name(cls: type[Model]) -> str:

@@ -217,7 +217,7 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
         collector(registry=registry)
     registry.register(ServingState(service))
     served = service.catalog.models
-    metrics = InferenceMetrics(registry, served, [name for name, model in served.items() if model.is_detector])
+    metrics = InferenceMetrics(registry, list(served), [name for name, model in served.items() if model.is_detector])
     service.observers.append(MetricsObserver(metrics))
 
     instrumentator = Instrumentator(

@@ -8,6 +8,7 @@ start-up with one line.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -45,7 +46,7 @@ def import_class(target: str) -> type[Model]:
         raise CatalogError(f"module {module_name} has no {class_name} (its model classes: {', '.join(found) or 'none'})")
     if not (isinstance(cls, type) and issubclass(cls, Model)):
         raise CatalogError(f"{target} is not a class derived from yoso.Model or yoso.Detector")
-    if cls.predict in (Model.predict, Detector.predict):
+    if inspect.isabstract(cls):
         raise CatalogError(f"{target} does not define predict()")
     return cls
 
