@@ -33,7 +33,7 @@ RUN groupadd --system --gid 10001 yoso \
     && useradd --system --uid 10001 --gid yoso --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin yoso
 USER 10001:10001
 
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", \
          "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('YOSO_PORT', '8000') + '/healthz', timeout=4)"]

@@ -1,4 +1,5 @@
-"""A scikit-learn classifier saved with joblib, served as a JSON model (KServe V1).
+"""A scikit-learn classifier saved with joblib, served as a JSON model (KServe V1, and the Open Inference
+Protocol with the tensors it declares: `features` FP32 [N, 4] in, `label` BYTES [N] out).
 
     YOSO_MODEL_CLASS=examples.sklearn_iris:IrisClassifier \
     YOSO_MODEL_ARGS='{"path": "iris.joblib"}' python -m yoso.server
@@ -26,6 +27,8 @@ class IrisClassifier(yoso.Model):
     order of its `classes_` (default: the iris species); `probabilities`: answer each class's probability too."""
 
     name = "iris"
+    inputs = (yoso.Tensor("features", "FP32", (-1, 4)),)  # over /v2 and gRPC: row i is instance i
+    outputs = (yoso.Tensor("label", "BYTES", (-1,)),)  # prediction i is row i (with probabilities: JSON text)
 
     def __init__(self, path: str, class_names: Sequence[str] = IRIS_SPECIES, probabilities: bool = False) -> None:
         self.path = path

@@ -54,7 +54,8 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, log_path: Path, wait_ready: bool = True, timeout_s: float = 120) -> LiveServer:
-        env = {**os.environ, "YOSO_HOST": "127.0.0.1", "YOSO_PORT": str(self.port), **self.env}
+        # gRPC off unless a test asks for it (on a free port): two servers would both take the default, 8001
+        env = {**os.environ, "YOSO_HOST": "127.0.0.1", "YOSO_PORT": str(self.port), "YOSO_GRPC_PORT": "0", **self.env}
         self.log_path = log_path
         self.process = subprocess.Popen(
             [sys.executable, *self.arguments], cwd=ROOT, env=env,

@@ -104,13 +104,14 @@ def test_every_yoso_variable_the_image_sets_is_a_setting():
     assert all(name[len(ENV_PREFIX):].lower() in Settings.model_fields for name in yoso)
 
 
-def test_the_image_runs_the_server_like_make_run_as_a_non_root_user_on_port_8000():
+def test_the_image_runs_the_server_like_make_run_as_a_non_root_user_on_ports_8000_and_8001():
     (command,) = dockerfile_arguments("CMD")
     assert exec_form(command) == ["python", "-m", "yoso.server"]
     assert "python -m yoso.server" in make_recipe("run")
     user = dockerfile_arguments("USER")[-1]
     assert user.split(":")[0] not in ("root", "0")
-    assert dockerfile_arguments("EXPOSE") == [str(Settings.model_fields["port"].default)]
+    ports = [str(Settings.model_fields[name].default) for name in ("port", "grpc_port")]
+    assert dockerfile_arguments("EXPOSE") == [" ".join(ports)] == ["8000 8001"]
 
 
 def healthcheck_command() -> list[str]:

@@ -247,6 +247,25 @@ def test_served_iris_predicts_the_species_the_fitted_classifier_does(iris, iris_
     assert response.json() == {"predictions": species}
 
 
+def test_served_iris_answers_tritonclient_with_the_tensors_it_declares(iris, iris_server):
+    import numpy as np
+    import tritonclient.http as triton
+
+    flowers, species, _ = iris
+    client = triton.InferenceServerClient(iris_server.url.removeprefix("http://"))
+    metadata = client.get_model_metadata("iris")
+    assert (metadata["inputs"], metadata["outputs"]) == ([{"name": "features", "datatype": "FP32", "shape": [-1, 4]}],
+                                                         [{"name": "label", "datatype": "BYTES", "shape": [-1]}])
+    features = triton.InferInput("features", [len(flowers), 4], "FP32")
+    features.set_data_from_numpy(np.array(flowers, dtype=np.float32))
+    result = client.infer("iris", [features])
+    assert [label.decode() for label in result.as_numpy("label")] == species
+    wrong = triton.InferInput("features", [1, 4], "FP64")
+    wrong.set_data_from_numpy(np.array(flowers[:1], dtype=np.float64))
+    with pytest.raises(triton.InferenceServerException, match="'features' is FP32, not FP64"):
+        client.infer("iris", [wrong])
+
+
 @pytest.mark.parametrize("body", [b"sepal, petal", b'{"instances": []}', b'{"flowers": [[5.1, 3.5, 1.4, 0.2]]}'],
                          ids=["not-json", "no-instances", "no-instances-key"])
 def test_served_iris_answers_a_bad_body_with_a_json_error_that_says_what_to_send(iris_client, body):

@@ -346,9 +346,12 @@ def test_a_body_cut_before_its_closing_boundary_is_a_clear_422(client):
     assert_clear_4xx(response, "closing boundary", status=422)
 
 
-def test_only_the_first_file_field_is_read(client):
+def test_every_file_field_is_answered_in_order_and_one_that_is_no_image_gets_its_own_error(client):
     body, headers = multipart([file_part(image_bytes("car2.jpg")), file_part(b"not an image at all")])
-    assert client.post("/count_objects", content=body, headers=headers).json() == {"items": {"car": 2}}
+    answer = client.post("/count_objects", content=body, headers=headers)
+    assert answer.status_code == 200
+    good, bad = answer.json()["results"]
+    assert good == {"items": {"car": 2}} and bad["status"] == 415 and "image" in bad["detail"]
 
 
 # Parameters and request heads of absurd length --------------------------------------------------------------

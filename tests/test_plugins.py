@@ -116,6 +116,19 @@ def test_a_json_model_answers_kserve_v1_in_the_batches_the_scheduler_built(http)
     assert http.get("/v1/models/doubler").json() == {"name": "doubler", "ready": True}
 
 
+def test_a_json_model_that_declares_no_tensors_answers_the_open_inference_protocol_row_by_row(http):
+    metadata = http.get("/v2/models/doubler").json()
+    assert metadata["platform"] == "yoso_json" and metadata["inputs"] == []
+    assert metadata["outputs"] == [{"name": "OUTPUT", "datatype": "BYTES", "shape": [-1]}]
+    answer = http.post("/v2/models/doubler/infer",
+                       json={"inputs": [{"name": "x", "datatype": "FP64", "shape": [3], "data": [1, 2.5, -4]}]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == [{"name": "OUTPUT", "datatype": "BYTES", "shape": [3], "data": ["2", "5.0", "-8"]}]
+    two = http.post("/v2/models/doubler/infer", json={"inputs": [
+        {"name": "x", "datatype": "FP64", "shape": [1], "data": [1]}, {"name": "y", "datatype": "FP64", "shape": [1], "data": [1]}]})
+    assert two.status_code == 400 and "takes one input tensor" in two.json()["error"]
+
+
 def test_metrics_and_traces_carry_the_plugins_name_and_time_each_step_of_its_class(http, receiver):
     assert http.post("/detect", params={"model": "red-blobs"}, files=file_field(red_squares_png())).status_code == 200
     samples = scrape(http)

@@ -3,6 +3,7 @@ browsers allowed only from the configured origins, and secrets that never reach 
 
 from __future__ import annotations
 
+import base64
 import secrets
 
 import httpx
@@ -15,7 +16,7 @@ KEYS = [f"key-one-{secrets.token_hex(16)}", f"key-two-{secrets.token_hex(16)}"]
 KEY_PUT_IN_A_URL = f"key-three-{secrets.token_hex(16)}"  # URLs are logged (by yoso and every proxy): never put keys there
 METRICS_TOKEN = f"metrics-{secrets.token_hex(16)}"
 ORIGIN = "https://app.example.com"
-OPEN_PATHS = ["/healthz", "/readyz", "/docs", "/redoc", "/openapi.json", "/"]
+OPEN_PATHS = ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json", "/"]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,13 @@ def upload() -> dict:
 
 
 def call(http: httpx.Client, method: str, path: str, headers: dict | None = None) -> httpx.Response:
-    """The operation with a body it takes: an image upload, KServe V1 instances, or the log level the server has."""
-    path = path.replace("{name}", "yolov3-tiny")
+    """The operation with a body it takes: an image upload, KServe V1 instances, an Open Inference Protocol
+    IMAGE tensor, or the log level the server has."""
+    path = path.replace("{name}", "yolov3-tiny").replace("{version}", "1")
+    if path.startswith("/v2/") and method == "POST":
+        image = {"name": "IMAGE", "datatype": "BYTES", "shape": [1],
+                 "data": [base64.b64encode(image_bytes("car.jpg")).decode()]}
+        return http.post(path, headers=headers, json={"inputs": [image]})
     if path.startswith("/v1/"):
         return http.request(method, path, headers=headers, json={"instances": [1]} if method == "POST" else None)
     if method == "PUT":
@@ -59,8 +65,14 @@ def assert_unauthorized(response: httpx.Response, challenge: str = "Bearer") -> 
     assert response.status_code == 401, response.text
     assert response.headers["www-authenticate"] == challenge
     assert response.headers["content-type"] == "application/json"
-    detail = response.json()["detail"]
+    detail = error_of(response)
     assert "key" in detail.lower() or "token" in detail.lower(), detail
+
+
+def error_of(response: httpx.Response) -> str:
+    """The message of an error: `detail`, or `error` under /v2 (the Open Inference Protocol's shape)."""
+    body = response.json()
+    return body["error"] if response.url.path.startswith("/v2") else body["detail"]
 
 
 def test_every_operation_but_probes_and_docs_needs_a_key(http):
@@ -69,7 +81,7 @@ def test_every_operation_but_probes_and_docs_needs_a_key(http):
     for method, path in operations + [("GET", "/metrics")]:
         response = call(http, method, path)
         assert_unauthorized(response)
-        assert "X-API-Key" in response.json()["detail"]
+        assert "X-API-Key" in error_of(response)
 
 
 @pytest.mark.parametrize("path", OPEN_PATHS)

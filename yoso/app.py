@@ -12,6 +12,7 @@ from yoso.api import admin, kserve
 from yoso.api.admission import AdmissionMiddleware
 from yoso.api.errors import install_error_handlers
 from yoso.api.head import RequestHeadLimit
+from yoso.api.oip import rest as oip_rest
 from yoso.api.routes import router
 from yoso.api.security import install_security
 from yoso.config import Settings, load_settings
@@ -24,11 +25,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     service = InferenceService(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        grpc_server = None
         try:
+            if settings.grpc_port:  # grpc is imported only when its port is on
+                from yoso.api.oip.grpc_server import GrpcPortError, start_grpc_server
+                from yoso.observability.grpc_metrics import call_observers
+
+                try:
+                    grpc_server = await start_grpc_server(settings, service, call_observers(app, settings, service))
+                except GrpcPortError as error:
+                    service.fail_start(str(error))
             yield
         finally:
+            if grpc_server is not None:  # after uvicorn's drain: calls in flight finish, new ones are refused
+                await grpc_server.stop(settings.shutdown_grace_s)
             await service.stop()
 
     app = FastAPI(
@@ -43,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(kserve.router)
+    app.include_router(oip_rest.router)
     app.include_router(admin.router)
     app.add_middleware(AdmissionMiddleware, admission=service.admission, default_model=service.catalog.default,
                        on_refused=service.shed)

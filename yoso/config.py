@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # Server
     host: str = Field("0.0.0.0", description="Interface to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535,
+        description="TCP port of the Open Inference Protocol over gRPC, on YOSO_HOST (Triton's default; 0: off).",
+    )
     dev_mode: bool = Field(False, description="Reload the server when the code changes (development only).")
     title: str = Field("yoso", description="Title shown on / and in the OpenAPI docs.")
     service_name: str = Field(
@@ -86,6 +90,11 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(10.0, gt=0, description="Largest accepted upload, in megabytes (413 above).")
     max_image_pixels: int = Field(
         40_000_000, gt=0, description="Largest accepted width x height, read from the image header (413 above)."
+    )
+    max_images_per_request: int = Field(
+        16, ge=1, le=256,
+        description="Most images one request may carry: `file` parts of one upload, or the batch of an Open "
+                    "Inference Protocol IMAGE tensor (all within YOSO_MAX_UPLOAD_MB together; 422/400 above).",
     )
 
     # Serving

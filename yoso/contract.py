@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Detection", "Detector", "InputError", "Model", "record"]
+__all__ = ["Detection", "Detector", "InputError", "Model", "Tensor", "record"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,17 @@ class Detection:
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels
 
 
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor a JSON model takes or returns over the Open Inference Protocol (`/v2/models/{name}/infer`, gRPC):
+    `datatype` as the protocol spells it (FP32, INT64, BYTES...), `shape` with -1 for a size that varies. The
+    first dimension is the batch: row i of each input is instance i; prediction i is row i of each output."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
 class InputError(ValueError):
     """Raise it from any step for an input the model cannot take (a wrong shape, a missing field): that request
     is answered 422 with the message, and the other requests of its batch run again without it."""
@@ -58,6 +69,9 @@ class Model(ABC):
     """Any JSON in, JSON out. Subclass it, set `name`, and write `setup` and `predict`."""
 
     name: ClassVar[str] = ""  # empty: the class name in kebab case (RedBlobs -> red-blobs)
+    inputs: ClassVar[Sequence[Tensor]] = ()  # its tensors over the Open Inference Protocol (see Tensor); with one
+    outputs: ClassVar[Sequence[Tensor]] = ()  # input, an instance is a row; with several, {input name: row}; the same
+    # for outputs. Undeclared: any one input tensor; one output, OUTPUT, BYTES: each prediction as JSON text.
 
     def setup(self, device: str) -> None:
         """The init phase: load weights, open sessions. Called once in each worker before it takes requests,

@@ -19,7 +19,8 @@ from yoso.api.errors import error_response
 from yoso.serving.admission import RETRY_AFTER_S, Admission, Reason, Refused, Ticket
 
 INFERENCE_PATHS = frozenset({"/predict", "/count_objects", "/detect"})  # the model named in the query string
-KSERVE_PREDICT = re.compile(r"/v1/models/([^/]+):predict")  # the model named in the path (KServe V1)
+KSERVE_PREDICT = re.compile(r"/v1/models/([^/]+):predict")  # the model named in the path (KServe V1) ...
+OIP_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")  # ... and the Open Inference Protocol's
 TIMEOUT_HEADER = "X-Yoso-Timeout-Ms"
 _TIMEOUT_HEADER_KEY = TIMEOUT_HEADER.lower().encode()
 _TICKET = "yoso.ticket"
@@ -45,12 +46,12 @@ def client_timeout_s(scope: Scope) -> float | None:
 
 
 def requested_model(scope: Scope, default: str) -> str | None:
-    """The model an inference request names as its route reads it (in the path for KServe V1, else the last
-    `model` query parameter, else the default); None for any other request."""
+    """The model an inference request names as its route reads it (in the path for KServe V1 and the Open
+    Inference Protocol, else the last `model` query parameter, else the default); None for any other request."""
     path = scope["path"]
     if path not in INFERENCE_PATHS:
-        kserve = KSERVE_PREDICT.fullmatch(path)
-        return kserve.group(1) if kserve else None
+        named = KSERVE_PREDICT.fullmatch(path) or OIP_INFER.fullmatch(path)
+        return named.group(1) if named else None
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("model")
     return values[-1] if values else default
 
@@ -59,8 +60,8 @@ def ticket_of(scope: Scope) -> Ticket:
     return scope[_TICKET]
 
 
-def refusal_response(refusal: Refused) -> JSONResponse:
-    return error_response(503, refusal.detail, {"Retry-After": str(RETRY_AFTER_S)})
+def refusal_response(refusal: Refused, path: str) -> JSONResponse:
+    return error_response(503, refusal.detail, {"Retry-After": str(RETRY_AFTER_S)}, path)
 
 
 class AdmissionMiddleware:
@@ -81,12 +82,12 @@ class AdmissionMiddleware:
         try:
             ticket = self.admission.enter(model, client_timeout_s(scope))
         except BadTimeout as error:
-            await error_response(422, str(error))(scope, receive, send)
+            await error_response(422, str(error), path=scope["path"])(scope, receive, send)
             return
         except Refused as refusal:
             self.on_refused(refusal.reason)
             await self.admission.hold_refusal()
-            await refusal_response(refusal)(scope, receive, send)
+            await refusal_response(refusal, scope["path"])(scope, receive, send)
             return
         scope[_TICKET] = ticket
 

@@ -1,4 +1,5 @@
-"""One error shape for every failure: `{"detail": "what went wrong and what to do"}`."""
+"""One error shape for every failure: `{"detail": "what went wrong and what to do"}`; under /v2 (the Open
+Inference Protocol), the protocol's own: `{"error": "..."}`."""
 
 from __future__ import annotations
 
@@ -22,8 +23,13 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+OIP_PREFIX = "/v2"
+
+
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    """The error as JSON, in the shape of the API `path` belongs to."""
+    protocol = path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+    return JSONResponse({"error" if protocol else "detail": detail}, status_code=status, headers=headers)
 
 
 def _describe(error: RequestValidationError) -> str:
@@ -45,23 +51,23 @@ def _allowed_methods(request: Request) -> list[str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def api_error(_: Request, error: Exception) -> JSONResponse:
+    async def api_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, ApiError)
-        return error_response(error.status, error.detail, error.headers)
+        return error_response(error.status, error.detail, error.headers, request.url.path)
 
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
         headers = error.headers
         if error.status_code == 405:  # Starlette names the methods of one route; a path may have several
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
-        return error_response(error.status_code, str(error.detail), headers)
+        return error_response(error.status_code, str(error.detail), headers, request.url.path)
 
-    async def validation_error(_: Request, error: Exception) -> JSONResponse:
+    async def validation_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
-        return error_response(422, _describe(error))
+        return error_response(422, _describe(error), path=request.url.path)
 
-    async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
-        return error_response(500, "The server failed unexpectedly; the error has been logged.")
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        return error_response(500, "The server failed unexpectedly; the error has been logged.", path=request.url.path)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

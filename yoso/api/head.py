@@ -38,7 +38,9 @@ class RequestHeadLimit:
             await self.app(scope, receive, send)
             return
         if request_target_bytes(scope) > REQUEST_HEAD_LIMIT_BYTES:
-            response = error_response(414, f"The request target is longer than {REQUEST_HEAD_LIMIT_BYTES} bytes.")
+            response = error_response(414, f"The request target is longer than {REQUEST_HEAD_LIMIT_BYTES} bytes.",
+                                      path=scope["path"])
         else:
-            response = error_response(431, f"The request head is larger than {REQUEST_HEAD_LIMIT_BYTES} bytes.")
+            response = error_response(431, f"The request head is larger than {REQUEST_HEAD_LIMIT_BYTES} bytes.",
+                                      path=scope["path"])
         await response(scope, receive, send)

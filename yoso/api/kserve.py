@@ -4,14 +4,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.convertors import StringConvertor, register_url_convertor
-from starlette.requests import ClientDisconnect
 
+from yoso.api.body import read_json
 from yoso.api.errors import ApiError, ErrorResponse
 from yoso.api.inference import Service, infer
 from yoso.serving.catalog import Kind
@@ -55,20 +54,7 @@ class V1Predictions(BaseModel):
 
 async def read_instances(request: Request, max_bytes: int) -> list[Any]:
     """The `instances` of a JSON body (`inputs` is accepted too, as KServe does); 413 past `max_bytes`."""
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise ApiError(413, f"The body is larger than the limit of {max_bytes:,} bytes.")
-    except ClientDisconnect:
-        raise ApiError(499, "The client closed the connection before the body was complete.") from None
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ApiError(422, f"The body is not JSON ({error}); send {{\"instances\": [...]}}.") from None
-    except RecursionError:
-        raise ApiError(422, "The body's JSON is nested too deeply.") from None
+    document = await read_json(request, max_bytes, 'send {"instances": [...]}')
     instances = document.get("instances", document.get("inputs")) if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(422, 'Send a JSON object {"instances": [...]} with at least one instance.')

@@ -6,16 +6,19 @@ import asyncio
 import html
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
 
 from yoso.api.admission import TIMEOUT_HEADER, ticket_of
 from yoso.api.errors import ApiError, ErrorResponse
-from yoso.api.schemas import CountResponse, DetectionOut, DetectResponse, HealthResponse, ModelsResponse
-from yoso.api.inference import Service, infer
-from yoso.api.upload import UPLOAD_BODY_DOC, read_image_upload
+from yoso.api.images import IMAGES_BODY_DOC, ONE_IMAGE_BODY_DOC, ImageBody
+from yoso.api.inference import Service, infer, infer_many
+from yoso.api.schemas import (CountResponse, CountResults, DetectionOut, DetectResponse, DetectResults, HealthResponse,
+                              ImageError, ModelsResponse)
 from yoso.serving.catalog import Kind
 from yoso.serving.service import InferenceService
 from yoso.serving.tasks import JobOutcome, TaskOutcome
@@ -36,7 +39,7 @@ _ERRORS = {
         409: "Model known but not installed.",
         413: "Upload or image too large.",
         415: "Not a supported image format.",
-        422: f"Bad parameter or {TIMEOUT_HEADER}, missing field or unreadable image.",
+        422: f"Bad parameter or {TIMEOUT_HEADER}, missing field, bad base64, too many images or unreadable image.",
         500: "Inference failed.",
         503: "Refused at once: it would wait past its budget, too many wait or upload, or the server is starting "
              "or draining; retry after Retry-After seconds.",
@@ -51,22 +54,31 @@ _TIMEOUT_PARAMETER = {
                    "A request that cannot be answered in time is refused at once (503); one that runs out of "
                    "time is answered 504.",
 }
-_UPLOAD = {"openapi_extra": {"requestBody": UPLOAD_BODY_DOC, "parameters": [_TIMEOUT_PARAMETER]}, "responses": _ERRORS}
+_UPLOAD = {"openapi_extra": {"requestBody": IMAGES_BODY_DOC, "parameters": [_TIMEOUT_PARAMETER]}, "responses": _ERRORS}
 
 COUNTS_HEADER = "X-Yoso-Counts"
 
 router = APIRouter()
 
 
-async def _detect(request: Request, service: InferenceService, confidence: float, annotate: bool,
-                  endpoint: str) -> tuple[JobOutcome, TaskOutcome]:
-    """The image of a multipart upload through a detector.
+async def _detect_each(request: Request, service: InferenceService, confidence: float, endpoint: str,
+                       answer: Callable[[JobOutcome, TaskOutcome], BaseModel],
+                       results: type[DetectResults | CountResults]) -> BaseModel:
+    """Each image of the request through a detector: one image's `answer`, or the `results` of several, where
+    an image the model could not take is an ImageError and the others are answered all the same.
 
     The worker checks the image header before decoding: a header crafted to be slow to parse costs one
     worker's time, never the event loop's, and the server process does no image work at all.
     """
-    return await infer(request, service, endpoint, Kind.detector,
-                       lambda: read_image_upload(request, service.settings.max_upload_bytes), confidence, annotate)
+    images = ImageBody(request, service.settings)
+    outcomes = await infer_many(request, service, endpoint, Kind.detector, images.read, confidence)
+    if images.several:
+        return results(results=[answer(job, task) if job.error is None
+                                else ImageError(status=job.error[0], detail=job.error[1]) for job, task in outcomes])
+    [(job, task)] = outcomes
+    if job.error is not None:
+        raise ApiError(*job.error)
+    return answer(job, task)
 
 
 _PREDICT_200 = {
@@ -78,34 +90,40 @@ _PREDICT_200 = {
 
 
 @router.post("/predict", response_class=Response, summary="The image with boxes, labels and confidence drawn",
-             **_UPLOAD | {"responses": _ERRORS | {200: _PREDICT_200}})
+             openapi_extra={"requestBody": ONE_IMAGE_BODY_DOC, "parameters": [_TIMEOUT_PARAMETER]},
+             responses=_ERRORS | {200: _PREDICT_200})
 async def predict(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    image, _ = await _detect(request, service, confidence, annotate=True, endpoint="/predict")
+    images = ImageBody(request, service.settings)
+    image, _ = await infer(request, service, "/predict", Kind.detector, images.read_one, confidence, annotate=True)
     counts = json.dumps(_counts(image), separators=(",", ":"))
     return Response(image.jpeg, media_type="image/jpeg", headers={COUNTS_HEADER: counts})
 
 
-@router.post("/count_objects", response_model=CountResponse, summary="How many objects of each label", **_UPLOAD)
+@router.post("/count_objects", response_model=CountResponse | CountResults, summary="How many objects of each label",
+             **_UPLOAD)
 async def count_objects(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    image, _ = await _detect(request, service, confidence, annotate=False, endpoint="/count_objects")
-    return CountResponse(items=_counts(image))
+    return await _detect_each(request, service, confidence, "/count_objects",
+                              lambda image, _: CountResponse(items=_counts(image)), CountResults)
 
 
 def _counts(image: JobOutcome) -> dict[str, int]:
     return dict(Counter(detection.label for detection in image.detections))
 
 
-@router.post("/detect", response_model=DetectResponse, summary="Detections as JSON", **_UPLOAD)
+@router.post("/detect", response_model=DetectResponse | DetectResults, summary="Detections as JSON", **_UPLOAD)
 async def detect(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
-    image, task = await _detect(request, service, confidence, annotate=False, endpoint="/detect")
-    return DetectResponse(
-        model=ticket_of(request.scope).model,
-        confidence=confidence,
-        width=image.width,
-        height=image.height,
-        detections=[DetectionOut(label=d.label, confidence=d.confidence, box=list(d.box)) for d in image.detections],
-        inference_ms=task.inference_ms,
-    )
+    def answer(image: JobOutcome, task: TaskOutcome) -> DetectResponse:
+        return DetectResponse(
+            model=ticket_of(request.scope).model,
+            confidence=confidence,
+            width=image.width,
+            height=image.height,
+            detections=[DetectionOut(label=d.label, confidence=d.confidence, box=list(d.box))
+                        for d in image.detections],
+            inference_ms=task.inference_ms,
+        )
+
+    return await _detect_each(request, service, confidence, "/detect", answer, DetectResults)
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Known models, installed and loaded")

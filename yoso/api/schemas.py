@@ -26,6 +26,21 @@ class DetectResponse(BaseModel):
     inference_ms: float = Field(description="Time the model spent on the batch this image ran in.")
 
 
+class ImageError(BaseModel):
+    """An image of several that the model could not take; the others are answered all the same."""
+
+    status: int = Field(description="The HTTP status this image alone would have been answered with.")
+    detail: str
+
+
+class DetectResults(BaseModel):
+    results: list[DetectResponse | ImageError] = Field(description="One per image, in the order sent.")
+
+
+class CountResults(BaseModel):
+    results: list[CountResponse | ImageError] = Field(description="One per image, in the order sent.")
+
+
 class ModelsResponse(BaseModel):
     default: str
     models: list[ModelStatus]

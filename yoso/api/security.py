@@ -5,7 +5,7 @@ headers alone: the body of an unauthenticated upload is never read. Every presen
 compared with every configured one in constant time, and neither is ever logged.
 
 Which credential a path needs:
-  - /healthz, /readyz and the API's own documentation (/, /docs, /redoc, /openapi.json): none. Probes
+  - /healthz, /readyz (and the Open Inference Protocol's /v2/health/*) and the API's own documentation (/, /docs, /redoc, /openapi.json): none. Probes
     must work without secrets, and a browser cannot attach a header to a page it navigates to.
   - /metrics: YOSO_METRICS_TOKEN when set (API keys do not open it); otherwise an API key when keys are set.
   - everything else: one of YOSO_API_KEY when set.
@@ -27,7 +27,8 @@ from yoso.api.errors import error_response
 from yoso.api.routes import COUNTS_HEADER
 from yoso.config import METRICS_PATH, Settings
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/", "/docs",
+                        "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 API_KEY_HEADER = "X-API-Key"
 CORS_ALLOWED_HEADERS = ("Authorization", API_KEY_HEADER, "Content-Type", TIMEOUT_HEADER)
 CORS_EXPOSED_HEADERS = ("Retry-After", "WWW-Authenticate", COUNTS_HEADER)
@@ -110,7 +111,7 @@ class AccessControl:
         else:
             detail = f"The credential sent is not {name}; check the key and send it again."
             challenge = 'Bearer error="invalid_token"'
-        await error_response(401, detail, {"WWW-Authenticate": challenge})(scope, receive, send)
+        await error_response(401, detail, {"WWW-Authenticate": challenge}, scope["path"])(scope, receive, send)
 
 
 def _document_security(app: FastAPI, policy: AccessPolicy) -> None:

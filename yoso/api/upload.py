@@ -1,8 +1,8 @@
-"""Read the uploaded image out of a multipart/form-data body, in memory and within the size limit.
+"""Read the uploaded images out of a multipart/form-data body, in memory and within the size limit.
 
 Starlette's form parser spools large files to temporary files on disk; yoso never writes an upload to
 disk, so the body is read here, capped at max_upload_mb (checked on Content-Length first, then on the
-bytes actually received), and only the `file` part is kept. Its file name is never used.
+bytes actually received), and only the `file` parts are kept, in order. Their file names are never used.
 """
 
 from __future__ import annotations
@@ -12,34 +12,23 @@ from starlette.requests import ClientDisconnect
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from yoso.api.body import size
 from yoso.api.errors import ApiError
 
 FIELD = "file"
-MAX_PARTS = 16
-
-UPLOAD_BODY_DOC = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": [FIELD],
-                "properties": {FIELD: {"type": "string", "format": "binary", "description": "The image."}},
-            }
-        }
-    },
-}
+MAX_OTHER_PARTS = 16  # parts a form may have besides its `file` ones (YOSO_MAX_IMAGES_PER_REQUEST)
 
 
 class _Parts:
-    """python-multipart callbacks that keep the body of the part named `file`."""
+    """python-multipart callbacks that keep the bodies of the parts named `file`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
         self.count = 0
         self.header_field = bytearray()
         self.header_value = bytearray()
         self.is_file_part = False
-        self.file: bytes | None = None
+        self.files: list[bytes] = []
         self.chunks: list[bytes] = []
         self.ended = False  # the closing boundary was seen
 
@@ -56,15 +45,19 @@ class _Parts:
 
     def on_part_begin(self) -> None:
         self.count += 1
-        if self.count > MAX_PARTS:
-            raise ApiError(422, f"The form has more than {MAX_PARTS} parts; send one '{FIELD}' field.")
+        if self.count > self.max_files + MAX_OTHER_PARTS:
+            raise ApiError(422, f"The form has more than {self.max_files + MAX_OTHER_PARTS} parts; send the "
+                                f"images in '{FIELD}' fields and nothing else.")
         self.is_file_part = False
         self.chunks = []
 
     def on_header_end(self) -> None:
         if self.header_field.lower() == b"content-disposition":
             _, options = parse_options_header(bytes(self.header_value))
-            self.is_file_part = options.get(b"name") == FIELD.encode() and self.file is None
+            self.is_file_part = options.get(b"name") == FIELD.encode()
+            if self.is_file_part and len(self.files) == self.max_files:
+                raise ApiError(422, f"The form has more than {self.max_files} '{FIELD}' parts "
+                                    f"(YOSO_MAX_IMAGES_PER_REQUEST); send the other images in another request.")
         self.header_field.clear()
         self.header_value.clear()
 
@@ -74,28 +67,25 @@ class _Parts:
 
     def on_part_end(self) -> None:
         if self.is_file_part:
-            self.file = b"".join(self.chunks)
+            self.files.append(b"".join(self.chunks))
         self.chunks = []
 
     def on_end(self) -> None:
         self.ended = True
 
 
-def _size(count: int) -> str:
-    return f"{count / (1024 * 1024):.1f} MB" if count >= 1024 * 1024 else f"{count:,} bytes"
-
-
-async def read_image_upload(request: Request, max_bytes: int) -> bytes:
-    """The bytes of the `file` field; 413 past `max_bytes`, 422 when the form has no such field."""
-    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+async def read_image_uploads(request: Request, max_bytes: int, max_files: int) -> list[bytes]:
+    """The bytes of each `file` field, in order; 413 past `max_bytes`, 422 without such a field or with more
+    than `max_files`."""
+    _, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
-    if content_type != b"multipart/form-data" or not boundary:
-        raise ApiError(422, f"Send the image as multipart/form-data in a field named '{FIELD}'.")
-    limit = _size(max_bytes)
+    if not boundary:
+        raise ApiError(422, "The multipart/form-data body has no boundary in its Content-Type.")
+    limit = size(max_bytes)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
         raise ApiError(413, f"The upload is {int(declared):,} bytes; the limit is {limit}.")
-    parts = _Parts()
+    parts = _Parts(max_files)
     received = 0
     try:
         parser = MultipartParser(boundary, parts.callbacks(), max_header_size=1024)  # refuses a boundary > 256 bytes
@@ -112,8 +102,8 @@ async def read_image_upload(request: Request, max_bytes: int) -> bytes:
         raise ApiError(499, "The client closed the connection before the upload was complete.") from None
     if not parts.ended:
         raise ApiError(422, "The multipart body ends before its closing boundary: send the complete upload.")
-    if parts.file is None:
+    if not parts.files:
         raise ApiError(422, f"The form has no field named '{FIELD}'; send the image in it.")
-    if len(parts.file) > max_bytes:
-        raise ApiError(413, f"The image is {len(parts.file):,} bytes; the limit is {limit}.")
-    return parts.file
+    if (total := sum(len(file) for file in parts.files)) > max_bytes:
+        raise ApiError(413, f"The images are {total:,} bytes; the limit is {limit}.")
+    return parts.files

@@ -212,7 +212,7 @@ class InFlightMiddleware:
 def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[str, ...]) -> None:
     """Serve /metrics and record HTTP and inference metrics (skip_paths aside) into a registry of the app's own."""
     disable_created_metrics()  # process-wide: the *_created series double the output and no query here uses them
-    registry = CollectorRegistry()
+    registry = app.state.metrics_registry = CollectorRegistry()  # gRPC's metrics join it (grpc_metrics)
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     registry.register(ServingState(service))

@@ -220,13 +220,13 @@ class Admission:
         self.uploading += 1
         return Ticket(model, now, now + timeout_s, now + self.request_timeout_s, self.clock, self._upload_done)
 
-    def recheck(self, ticket: Ticket) -> float:
-        """Check again once the upload has arrived, just before the request is queued; Refused if it may no
-        longer wait (other uploads arrived meanwhile). A request admitted before a drain began, or before its
-        worker died, is served all the same. Returns its expected wait: tell `waited` how long it took."""
+    def recheck(self, ticket: Ticket, inputs: int = 1) -> float:
+        """Check again once the upload (`inputs` jobs) has arrived, before it is queued; Refused if it may no longer
+        wait (other uploads arrived meanwhile). A request admitted before a drain began, or before its worker died,
+        is served all the same. Returns the expected wait of its last input: tell `waited` how long each took."""
         if not self.workers.running():
             return 0.0  # a replacement is starting: it waits for it, within its deadline
-        return self._check(ticket.model, ticket.remaining_s())
+        return self._check(ticket.model, ticket.remaining_s(), inputs)
 
     def waited(self, expected_s: float, actual_s: float) -> None:
         """A request waited `actual_s` for a worker where `expected_s` was expected: the margin learns from it."""
@@ -267,14 +267,14 @@ class Admission:
         finally:
             self.held -= 1
 
-    def _check(self, model: str, timeout_s: float) -> float:
-        """Refused unless the request may wait (the caps, the budget); else its expected wait."""
+    def _check(self, model: str, timeout_s: float, inputs: int = 1) -> float:
+        """Refused unless the request (its last input) may wait (the caps, the budget); else its expected wait."""
         running = self.workers.running()
-        waiting = self.queue.waiting_models()
+        waiting = [*self.queue.waiting_models(), *[model] * (inputs - 1)]  # its own first inputs go ahead of it
         would_wait = len(waiting) + 1 - sum(1 for task in running if task is None)
         if would_wait > self.max_queue:
-            raise Refused(Reason.queue_cap, f"The server is at capacity: {len(waiting)} requests wait for a worker "
-                                            f"(YOSO_MAX_QUEUE); retry after the Retry-After delay.")
+            raise Refused(Reason.queue_cap, f"The server is at capacity: {would_wait} requests would wait for a "
+                                            f"worker (YOSO_MAX_QUEUE); retry after the Retry-After delay.")
         expected_s = self.expected_wait_s(running, waiting)
         wait_s = expected_s * self.margin.factor()
         allowed_s = min(self.budget_s, timeout_s - self.times.expected_s((model, self.busy_threads, 1)))

@@ -195,6 +195,8 @@ class WorkerPool:
         if w not in self._workers or w.killed is not None:
             return
         if isinstance(message, WorkerReady):
+            if w.ready.done():  # its start was given up: the pool stops before it finished starting
+                return
             w.watchdog.cancel()
             w.models.update(message.model_load_s)
             for name, seconds in message.model_load_s.items():

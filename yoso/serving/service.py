@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from yoso.config import Settings, WorkerPriority
@@ -105,12 +106,16 @@ class InferenceService:
             await self.pool.start()
         except Exception as error:  # noqa: BLE001 - whatever stops the pool stops the server, in one line
             why = error if isinstance(error, PoolStartError) else f"{type(error).__name__}: {error}"
-            self.start_error = f"could not start the inference workers: {why}"
-            os.kill(os.getpid(), signal.SIGTERM)  # the server stops, then exits non-zero with this line
+            self.fail_start(f"could not start the inference workers: {why}")
             return
         if self.admission.closed is Reason.starting:
             self.admission.closed = None
             log.info("ready: %d workers, models %s", self.pool.size, ", ".join(self.catalog.preload))
+
+    def fail_start(self, why: str) -> None:
+        """Something the server needs could not start: it stops, then exits non-zero with this one line."""
+        self.start_error = why
+        os.kill(os.getpid(), signal.SIGTERM)
 
     @property
     def draining(self) -> bool:
@@ -153,29 +158,41 @@ class InferenceService:
             raise ModelNotInstalled(why)
         self._installed.add(name)
 
-    async def run(self, ticket: Ticket, data: bytes | list[Any], endpoint: str, confidence: float = 0.0,
-                  annotate: bool = False) -> tuple[JobOutcome, TaskOutcome]:
-        """Queue an admitted request whose input has arrived (Refused if it may no longer wait), and run it:
-        an encoded image for a detector, a list of JSON instances for a JSON model."""
+    async def run(self, ticket: Ticket, inputs: Sequence[bytes | list[Any]], endpoint: str, confidence: float = 0.0,
+                  annotate: bool = False) -> list[tuple[JobOutcome, TaskOutcome]]:
+        """Queue the inputs of an admitted request, once they have arrived (Refused if they may no longer wait),
+        and run them: encoded images for a detector (each its own job: the workers share them, or batches hold
+        them), or one list of JSON instances for a JSON model. The outcomes come in the order of the inputs."""
         self.require(ticket.model)
-        expected_wait_s = self.admission.recheck(ticket)
-        job, task = await self.scheduler.run(ticket.model, confidence, data, annotate, ticket.hard_deadline,
-                                             expected_wait_s)
-        if job.error is None:
-            event = "image_done" if isinstance(data, bytes) else "predictions_done"
-            self._notify(event, ticket.model, endpoint, confidence, job, task)
-        return job, task
+        expected_wait_s = self.admission.recheck(ticket, len(inputs))
+        runs = [self.scheduler.run(ticket.model, confidence, data, annotate, ticket.hard_deadline, expected_wait_s)
+                for data in inputs]
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)  # cancelled together; none left running
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        results: list[tuple[JobOutcome, TaskOutcome]] = outcomes  # type: ignore[assignment]
+        for data, (job, task) in zip(inputs, results):
+            if job.error is None:
+                event = "image_done" if isinstance(data, bytes) else "predictions_done"
+                self._notify(event, ticket.model, endpoint, confidence, job, task)
+        return results
 
     def models(self) -> list[ModelStatus]:
         statuses = []
         for name, served in self.catalog.models.items():
             loaded_by = self.pool.workers_with(name)
-            labels = served.labels or self._labels.get(name)
+            labels = self.labels(name)
             download = getattr(served.cls, "download_bytes", None)
             statuses.append(ModelStatus(
                 name, served.unavailable() is None, loaded_by > 0, loaded_by, len(labels) if labels else None,
                 download() if download else 0, served.kind.value, served.entry.target))
         return statuses
+
+    def labels(self, name: str) -> list[str] | None:
+        """The labels a served model can return: its class's, else what its set-up reported, if known."""
+        served = self.catalog.models[name]
+        return list(served.labels) if served.labels else self._labels.get(name)
 
     @property
     def log_level(self) -> str:
