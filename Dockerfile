@@ -7,7 +7,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    YOSO_MODEL_DIR=/models
+    YOSO_MODEL_DIR=/models \
+    MLFLOW_DISABLE_TELEMETRY=true
 
 WORKDIR /build
 
@@ -29,8 +30,10 @@ WORKDIR /app
 # model fails the build instead of the first request.
 RUN python -m yoso models pull yolov3-tiny yolov4-tiny
 
+# /models is the model repository: the server writes there the versions it pulls from a registry.
 RUN groupadd --system --gid 10001 yoso \
-    && useradd --system --uid 10001 --gid yoso --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin yoso
+    && useradd --system --uid 10001 --gid yoso --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin yoso \
+    && chown -R yoso:yoso /models
 USER 10001:10001
 
 EXPOSE 8000 8001

@@ -160,7 +160,7 @@ def test_one_access_line_per_request_with_method_path_status_and_duration(server
     client.post("/count_objects", params={"confidence": 0.6}, files=upload("car2.jpg"))
     lines = [line for line in server.log().splitlines() if " yoso.access: POST /count_objects 200 " in line]
     assert lines
-    assert lines[-1].endswith(" ms")  # tracing is off on this server: no trace id
+    assert lines[-1].endswith(" ms model=yolov3-tiny version=1")  # the version that answered; tracing is off: no id
     assert "uvicorn.access" not in server.log()  # uvicorn's own access log is off: no doubled lines
 
 

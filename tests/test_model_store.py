@@ -198,7 +198,7 @@ def test_models_list_shows_known_and_installed(model_store):
     assert result.returncode == 0
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert list(lines) == list(ZOO)
-    assert lines["yolov3-tiny"].endswith(" installed") and lines["yolov4"].endswith("not installed")
+    assert lines["yolov3-tiny"].endswith(" installed  versions 1") and lines["yolov4"].endswith("not installed")
 
 
 def test_models_pull_of_an_unknown_name_fails_with_the_known_names(tmp_path):

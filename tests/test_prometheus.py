@@ -240,11 +240,11 @@ def test_the_kubernetes_job_scrapes_the_deployment_pods_on_their_http_port_as_jo
     [deployment] = load_yaml_documents(K8S_DIR / "deployment.yaml")
     pod = deployment["spec"]["template"]
     [container] = pod["spec"]["containers"]
-    assert [port["name"] for port in container["ports"]] == ["http"]
+    assert [port["name"] for port in container["ports"]] == ["http", "grpc"]  # /metrics is on http
     other_app = {"metadata": {"labels": {**pod["metadata"]["labels"], "app.kubernetes.io/name": "other"}}}
     job["static_configs"] = [
         discovered_pod_target(server.url.removeprefix("http://"), pod, "http", "yoso-server-1"),
-        discovered_pod_target("127.0.0.1:1", pod, "debug", "yoso-server-1"),  # another port of the same pod
+        discovered_pod_target("127.0.0.1:1", pod, "grpc", "yoso-server-1"),  # another port of the same pod
         discovered_pod_target("127.0.0.1:2", other_app, "http", "other-1"),
     ]
     with running_prometheus(config, tmp_path) as prometheus:

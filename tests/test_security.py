@@ -151,8 +151,9 @@ def test_the_openapi_schema_declares_the_schemes_and_401_on_guarded_operations(h
     schemes = schema["components"]["securitySchemes"]
     assert schemes["BearerAuth"] == {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer KEY"}
     assert schemes["APIKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-    error = {"$ref": "#/components/schemas/ErrorResponse"}
     for path, item in schema["paths"].items():
+        shape = "ProtocolError" if path.startswith("/v2") else "ErrorResponse"  # the Open Inference Protocol's
+        error = {"$ref": f"#/components/schemas/{shape}"}
         for operation in item.values():
             if path in OPEN_PATHS:
                 assert "security" not in operation, path

@@ -89,7 +89,7 @@ def _set_up(served: ServedModel) -> str:
     cache = ModelCache({served.name: served.entry})
     started = time.perf_counter()
     try:
-        cache.load(served.name)
+        cache.load(served.entry)
     except ModelError as error:  # the class's own failure, already named
         raise CheckFailed(str(error)) from None
     except Exception as error:  # noqa: BLE001 - its warm-up, say: whatever the user's code raises is one line

@@ -9,6 +9,7 @@ import sys
 import click
 
 from yoso.config import Settings, as_variable, documented_default, load_settings
+from yoso.model.repository import Repository
 from yoso.model.store import ModelStore, ProvisionError
 from yoso.model.zoo import TINY_MODELS, ZOO
 
@@ -99,15 +100,19 @@ def _store() -> ModelStore:
 
 @models.command("list")
 def list_models() -> None:
-    """Show every known model and whether it is installed.
+    """Show every model of the zoo, whether it is installed, and the versions in the model repository.
 
     Example: yoso models list
     """
-    store = _store()
+    settings = load_settings()
+    store, repository = ModelStore(settings.model_dir), Repository(settings.model_dir)
     click.echo(f"model directory: {store.model_dir}")
     for name, spec in ZOO.items():
         state = "installed" if store.is_installed(spec) else "not installed"
-        click.echo(f"{name:12s} {spec.download_bytes / 1e6:7.1f} MB  {state}")
+        numbers = [str(version.number) for version in repository.versions(name)]
+        versions = f"  versions {', '.join(numbers)}" if numbers else ""
+        pinned = f" (pinned: {settings.model_versions[name]})" if name in settings.model_versions else ""
+        click.echo(f"{name:12s} {spec.download_bytes / 1e6:7.1f} MB  {state}{versions}{pinned}")
 
 
 class _ProgressBar:

@@ -76,7 +76,20 @@ class Settings(BaseSettings):
     model_args: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict, description="JSON object of keyword arguments for each model class's constructor."
     )
-    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Where model files are provisioned and looked up.")
+    model_dir: Path = Field(
+        DEFAULT_MODEL_DIR, description="The model repository: `<name>/<version>/` holds a version's files (files "
+                                       "in `<name>/` itself are version 1); where `yoso models pull` puts the zoo.")
+    model_versions: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict, description='JSON object pinning a model to a version, {"yolov3-tiny": 2} (default: '
+                                          "each serves the highest complete version).")
+    model_poll_s: float = Field(
+        0.0, ge=0, description="Read the model repository (and registry) again every so many seconds and swap in "
+                               "a new version with no failed request (0: only at start and on reload).")
+    model_registry: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description='JSON object of MLflow model URIs to pull versions from, {"yolov3-tiny": '
+                                          '"models:/detector@production"}: at start, and as they move when polling.')
+    mlflow_tracking_uri: str | None = Field(
+        None, description="The MLflow tracking server of YOSO_MODEL_REGISTRY (default: MLFLOW_TRACKING_URI).")
     default_model: str | None = Field(
         None, description="Model used when a request names none (default: the first model class's)."
     )
@@ -162,14 +175,14 @@ class Settings(BaseSettings):
     _split_lists = field_validator("model_class", "preload_models", "api_key", "cors_origins", mode="before")(
         _comma_separated)
 
-    @field_validator("model_args", mode="before")
+    @field_validator("model_args", "model_versions", "model_registry", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
         if isinstance(value, str):
             try:
                 value = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as error:
-                raise ValueError(f"must be a JSON object of keyword arguments ({error})") from None
+                raise ValueError(f"must be a JSON object ({error})") from None
         return value
 
     @field_validator("log_level")

@@ -26,6 +26,10 @@ model cannot load now, or None; `files()` (a classmethod), the files it loads, w
 their sha256 (arguments naming a file are listed too); `engine`, a class attribute naming what runs it, and
 `download_bytes()` (a classmethod), what `yoso models pull` fetches for it, for `yoso check` and /models.
 
+Versions: with the model's files in the model repository (`$YOSO_MODEL_DIR/<name>/<version>/`), a `setup`
+and an `unavailable` that take a `directory` keyword get the directory of the version they serve (and check):
+yoso then serves the highest complete version and swaps in new ones as they arrive.
+
 This module is imported by the user's code and by the server process: it stays free of heavy imports.
 """
 
@@ -75,7 +79,8 @@ class Model(ABC):
 
     def setup(self, device: str) -> None:
         """The init phase: load weights, open sessions. Called once in each worker before it takes requests,
-        with the device it runs on ("cpu")."""
+        with the device it runs on ("cpu"). Declare `setup(self, device, directory=None)` to be given the
+        directory of the version it serves, in the model repository."""
 
     @abstractmethod
     def predict(self, instances: Any) -> Any:

@@ -5,7 +5,7 @@ Plain data with no dependency, so that the client can share it without importing
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -13,7 +13,8 @@ class ModelStatus:
     """A served model: installed (it can load: for the zoo, its files are in YOSO_MODEL_DIR), loaded (held in
     memory by `workers_loaded` worker processes), its number of classes when it declares its labels, what
     `yoso models pull` downloads for it (0 for a plug-in), its kind (detector: images in, detections out;
-    json: JSON in, JSON out) and the class that serves it (module:Class)."""
+    json: JSON in, JSON out), the class that serves it (module:Class), the version serving and the versions in
+    the model repository."""
 
     name: str
     installed: bool
@@ -23,3 +24,5 @@ class ModelStatus:
     download_bytes: int
     kind: str = "detector"
     model_class: str = ""
+    version: int = 1
+    versions: list[int] = field(default_factory=list)

@@ -1,4 +1,5 @@
-"""For operators: the log level, changed at run time without a restart, and the work in flight.
+"""For operators: the log level, changed at run time without a restart, the work in flight, and a model's
+repository read again now (a new version swapped in, or refused).
 
 Guarded like every other path: with YOSO_API_KEY set, each needs a key (yoso.api.security).
 """
@@ -13,10 +14,11 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from yoso.api.errors import ErrorResponse
+from yoso.api.errors import ApiError, ErrorResponse
 from yoso.config import LOG_LEVELS
 from yoso.api.inference import Service
 from yoso.observability.logging import set_log_level
+from yoso.serving.service import UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,13 @@ class TasksResponse(BaseModel):
     tasks: list[TaskEntry] = Field(description="Oldest first.")
 
 
+class ReloadResponse(BaseModel):
+    model: str
+    version: int = Field(description="The version serving now.")
+    previous: int = Field(description="The version serving before (the same when nothing changed).")
+    refused: str | None = Field(None, description="Why a newer version was refused, if one was.")
+
+
 @router.get("/log-level", response_model=LogLevelResponse, summary="The log level", responses=_ERRORS)
 async def get_log_level(service: Service):
     return LogLevelResponse(level=service.log_level)
@@ -85,3 +94,16 @@ async def tasks(service: Service):
     queued = [TaskEntry(model=job.model, stage="queued", age_s=round(now - job.enqueued, 3))
               for job in service.scheduler.queued()]
     return TasksResponse(tasks=sorted(running + queued, key=lambda entry: -entry.age_s))
+
+
+@router.post("/models/{name}/reload", response_model=ReloadResponse, summary="Read a model's repository now",
+             responses=_ERRORS | {404: {"model": ErrorResponse, "description": "Unknown model."}})
+async def reload_model(name: str, service: Service):
+    """The version that should serve (the highest complete one, or the pinned one) is loaded and warmed in every
+    worker, then swapped in with no failed request; a version that cannot load is refused and says why."""
+    try:
+        checked = await service.reload(name)
+    except UnknownModel as error:
+        raise ApiError(404, str(error)) from None
+    return ReloadResponse(model=checked.model, version=checked.version, previous=checked.previous,
+                          refused=checked.refused)

@@ -23,7 +23,6 @@ KSERVE_PREDICT = re.compile(r"/v1/models/([^/]+):predict")  # the model named in
 OIP_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")  # ... and the Open Inference Protocol's
 TIMEOUT_HEADER = "X-Yoso-Timeout-Ms"
 _TIMEOUT_HEADER_KEY = TIMEOUT_HEADER.lower().encode()
-_TICKET = "yoso.ticket"
 
 
 class BadTimeout(ValueError):
@@ -57,7 +56,7 @@ def requested_model(scope: Scope, default: str) -> str | None:
 
 
 def ticket_of(scope: Scope) -> Ticket:
-    return scope[_TICKET]
+    return scope[Ticket.SCOPE_KEY]
 
 
 def refusal_response(refusal: Refused, path: str) -> JSONResponse:
@@ -89,7 +88,7 @@ class AdmissionMiddleware:
             await self.admission.hold_refusal()
             await refusal_response(refusal, scope["path"])(scope, receive, send)
             return
-        scope[_TICKET] = ticket
+        scope[Ticket.SCOPE_KEY] = ticket
 
         async def receive_noting_arrival() -> Message:
             message = await receive()

@@ -104,8 +104,10 @@ async def run_admitted(service: InferenceService, ticket: Ticket, kind: Kind,
         await service.admission.hold_refusal()
         raise ApiError(503, detail, {"Retry-After": str(RETRY_AFTER_S)})
     try:
-        return inference.result()
+        outcomes = inference.result()
     except WorkerCrashed as error:
         raise ApiError(500, f"{error}; the input was not processed. A new worker is starting.") from None
     except TaskOverran as error:
         raise ApiError(504, f"The request took longer than {timeout_s:g} s: {error}.") from None
+    ticket.version = outcomes[-1][1].version
+    return outcomes

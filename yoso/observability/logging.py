@@ -20,6 +20,7 @@ from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
 
 from yoso.config import LogFormat, Settings, root_level
 from yoso.logformat import TEXT_FORMAT, JsonFormatter, resolved_service_name
+from yoso.serving.admission import Ticket
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 UVICORN_LEVELLED_LOGGERS = ("uvicorn.error", "uvicorn.access", "uvicorn.asgi")  # uvicorn sets their level itself
@@ -94,6 +95,10 @@ class AccessLogMiddleware:
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             }
             message = "{method} {path} {status} {duration_ms} ms".format(**fields)
+            ticket = scope.get(Ticket.SCOPE_KEY)
+            if ticket is not None and ticket.version is not None:  # which model version answered
+                fields["model"], fields["version"] = ticket.model, ticket.version
+                message += f" model={ticket.model} version={ticket.version}"
             span = trace.get_current_span().get_span_context()
             if span.is_valid and span.trace_flags.sampled:  # a sampled-out request's id leads to no trace
                 fields["trace_id"] = trace.format_trace_id(span.trace_id)

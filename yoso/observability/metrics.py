@@ -60,6 +60,9 @@ class InferenceMetrics:
         self.annotate_encode_seconds = Histogram(
             "yoso_annotate_encode_seconds", "Drawing the boxes on one image and encoding it as JPEG (/predict).",
             buckets=STAGE_SECONDS_BUCKETS, registry=registry)
+        self.version_inputs = Counter(
+            "yoso_version_inputs_total", "Images or JSON instances answered, by the model version that ran them.",
+            ["model", "version"], registry=registry)
         self.images = Counter(
             "yoso_images_processed_total", "Images run through a model, by route (spelt as the handler label).",
             ["model", "endpoint"], registry=registry)
@@ -109,6 +112,7 @@ class MetricsObserver:
                    task: TaskOutcome) -> None:
         m = self.metrics
         m.images.labels(model, endpoint).inc()
+        m.version_inputs.labels(model, str(task.version)).inc()
         if image.queue is not None:
             m.queue_wait_seconds.labels(model).observe(_seconds(image.queue))
         m.input_megapixels.observe(image.width * image.height / 1e6)
@@ -127,6 +131,7 @@ class MetricsObserver:
         if job.queue is not None:
             self.metrics.queue_wait_seconds.labels(model).observe(_seconds(job.queue))
         self.metrics.instances.labels(model).inc(len(job.predictions or ()))
+        self.metrics.version_inputs.labels(model, str(task.version)).inc(len(job.predictions or ()))
 
     def task_done(self, model: str, task: TaskOutcome) -> None:
         """A batch is one run of the model shared by its requests: counted once, even if its callers left."""
@@ -154,6 +159,8 @@ class ServingState(Collector):
     being held, and how long admission expects each kind of task to take."""
 
     def __init__(self, service: InferenceService) -> None:
+        self.catalog = service.catalog
+        self.versions = service.versions
         self.models = list(service.catalog.models)
         self.pool = service.pool
         self.scheduler = service.scheduler
@@ -163,6 +170,13 @@ class ServingState(Collector):
         waiting = self.scheduler.waiting_by_model()
         yield _per_model_gauge("yoso_model_loaded_workers", "Worker processes holding the model in memory "
                                "(0: not loaded).", self.models, self.pool.workers_with)
+        yield _per_model_gauge("yoso_model_version", "The version of the model serving now (the model repository's).",
+                               self.models, lambda model: self.catalog.models[model].entry.version)
+        refused = CounterMetricFamily("yoso_model_versions_refused", "Versions refused: incomplete, or failed to "
+                                      "load or warm in a worker (the serving version carried on).", labels=["model"])
+        for model in self.models:
+            refused.add_metric([model], self.versions.refusals[model])
+        yield refused
         yield _per_model_gauge("yoso_requests_waiting", "Admitted requests waiting for a free worker, by model.",
                                self.models, waiting.__getitem__)
         yield CounterMetricFamily("yoso_requests_abandoned",

@@ -79,6 +79,7 @@ class TracingObserver:
         self._stage("decode", image.decode)
         attributes = {
             "yoso.model": model,
+            "yoso.model.version": task.version,
             "yoso.confidence": confidence,
             "yoso.image.width": image.width,
             "yoso.image.height": image.height,
@@ -93,7 +94,8 @@ class TracingObserver:
         if not trace.get_current_span().is_recording():
             return
         self._stage("queue", job.queue)
-        self._model_steps(task, {"yoso.model": model, "yoso.instances": len(job.predictions or ()),
+        self._model_steps(task, {"yoso.model": model, "yoso.model.version": task.version,
+                                 "yoso.instances": len(job.predictions or ()),
                                  "yoso.batch_size": len(task.jobs)})
 
     def _model_steps(self, task: TaskOutcome, attributes: Attributes) -> None:

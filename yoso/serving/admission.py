@@ -8,13 +8,12 @@ workers have shown: learned per kind of task (model, threads, requests), seeded 
 It is stretched by how far recent waits ran past their expectation (the 99th percentile of actual /
 expected), so that the budget bounds nearly every wait, not the average one, however noisy the host.
 Two hard caps stand beside it: `YOSO_MAX_QUEUE` requests waiting (memory: each holds its upload) and
-`YOSO_MAX_UPLOADS` uploads still arriving (slow senders hold those places, never a worker).
+`YOSO_MAX_UPLOADS` uploads still arriving (slow senders hold those places, never a worker). A request is
+checked at the edge, before a byte of its upload is read, and again before it is queued.
 
-A request is checked at the edge, before a byte of its upload is read, and again before it is queued.
-
-Refusals are cheap, not free: most clients resend at once after a 503, and thousands of refusals a second
-would leave the workers no CPU. So refusals are answered at once up to a few times what the workers serve;
-past that each is held its turn (at most the budget): a client that ignores Retry-After waits anyway.
+Refusals are cheap, not free: most clients resend at once after a 503, and thousands a second would leave the
+workers no CPU. So refusals are answered at once up to a few times what the workers serve; past that each is
+held its turn (at most the budget): a client that ignores Retry-After waits anyway.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from yoso.serving.tasks import Running, TaskKind
 
@@ -59,15 +58,13 @@ class Refused(Exception):
 class Workers(Protocol):
     """What admission reads of the worker pool."""
 
-    def running(self) -> list[Running | None]:
-        """One entry per worker that can take tasks: its task, or None while it is idle."""
+    def running(self) -> list[Running | None]: ...  # per worker that can take tasks: its task, or None if idle
 
 
 class Queue(Protocol):
     """What admission reads of the queue in front of the workers."""
 
-    def waiting_models(self) -> list[str]:
-        """The model of every request waiting for a worker, oldest first."""
+    def waiting_models(self) -> list[str]: ...  # the model of every request waiting for a worker, oldest first
 
 
 class TaskTimes:
@@ -160,6 +157,8 @@ class RefusalPace:
 class Ticket:
     """An admitted request: what it asks for, when its caller stops waiting, and whether it is still uploading."""
 
+    SCOPE_KEY: ClassVar[str] = "yoso.ticket"  # where an admitted HTTP request's ticket lives in its ASGI scope
+
     model: str
     admitted: float  # on the admission's clock (time.monotonic())
     deadline: float  # the caller's timeout or the server's, whichever is sooner
@@ -167,6 +166,7 @@ class Ticket:
     clock: Callable[[], float] = field(repr=False)
     on_upload_done: Callable[[], None] = field(repr=False)
     uploading: bool = True
+    version: int | None = None  # of the model that answered it (the access log says it)
 
     @property
     def timeout_s(self) -> float:

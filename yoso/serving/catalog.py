@@ -12,8 +12,10 @@ import inspect
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from yoso.config import Settings
@@ -72,9 +74,13 @@ class ServedModel:
     def kind(self) -> Kind:
         return Kind.detector if self.is_detector else Kind.json
 
-    def unavailable(self) -> str | None:
-        """The class's `unavailable()`; what it raises is a reason too (never a traceback for a client)."""
+    def unavailable(self, directory: Path | None = None) -> str | None:
+        """The class's `unavailable()` for the version in `directory` (default: the serving version's); what it
+        raises is a reason too (never a traceback for a client)."""
+        directory = directory or (Path(self.entry.directory) if self.entry.directory else None)
         try:
+            if directory is not None and accepts_directory(self.cls.unavailable):
+                return self.cls.unavailable(directory)
             return self.cls.unavailable()
         except Exception as error:  # noqa: BLE001 - the user's code
             return f"{self.entry.target}.unavailable() raised {type(error).__name__}: {error}"
@@ -92,7 +98,10 @@ class Catalog:
     preload: list[str]  # loaded in every worker before the server reports ready
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Catalog:
+    def from_settings(cls, settings: Settings,
+                      choose_version: Callable[[ServedModel], ServedModel] = lambda served: served) -> Catalog:
+        """The served models, each at the version `choose_version` picks (the model repository's, when the
+        service starts; version 1 otherwise)."""
         if not settings.model_class:
             raise CatalogError("bad setting YOSO_MODEL_CLASS: it names no model class (module:Class, comma-separated)")
         models: dict[str, ServedModel] = {}
@@ -105,7 +114,8 @@ class Catalog:
                                    f"'_' or '-' (it goes in URLs and metric labels)")
             if name in models:
                 raise CatalogError(f"two model classes are named {name!r}: {models[name].entry.target} and {target}")
-            models[name] = ServedModel(name, model_class, ModelEntry(name, target, args_by_name.get(name, {})))
+            models[name] = choose_version(ServedModel(name, model_class,
+                                                      ModelEntry(name, target, args_by_name.get(name, {}))))
         default = settings.default_model or next(iter(models))
         preload = settings.preload_models
         if preload is None:  # every model that can load now
@@ -119,6 +129,15 @@ class Catalog:
 
     def entries(self) -> dict[str, ModelEntry]:
         return {name: served.entry for name, served in self.models.items()}
+
+
+def accepts_directory(method: Callable[..., Any]) -> bool:
+    """Whether a class's `setup` or `unavailable` takes the directory of a version (classes written before
+    versions take none)."""
+    try:
+        return "directory" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _arguments(model_args: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:

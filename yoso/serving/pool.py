@@ -13,68 +13,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import multiprocessing
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
-from multiprocessing.process import BaseProcess
 
 from yoso.serving import wire
-from yoso.serving.tasks import (LogLevel, Running, Task, TaskKind, TaskOutcome, WorkerConfig, WorkerFailed,
-                                WorkerReady)
+from yoso.serving.process import (SPAWN, Exit, PoolStartError, TaskOverran, VersionRefused, WorkerCrashed,
+                                  WorkerProcess, close, reap, run_worker)
+from yoso.serving.tasks import (LoadVersion, LogLevel, ModelEntry, Running, Task, TaskKind, TaskOutcome,
+                                UnloadVersion, VersionLoaded, WorkerConfig, WorkerFailed, WorkerReady)
+
+__all__ = ["Exit", "PoolStartError", "TaskOverran", "VersionRefused", "WorkerCrashed", "WorkerPool"]
 
 log = logging.getLogger(__name__)
-_SPAWN = multiprocessing.get_context("spawn")  # never fork a process that holds threads
 RESPAWN_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after consecutive start-up failures
-EXIT_WAIT_S = 5.0  # how long a worker whose socket closed may take to exit before it is killed
-
-
-class Exit(str, Enum):
-    """Why a worker went and was replaced (the `reason` label of yoso_workers_replaced_total)."""
-
-    died = "died"  # crashed, or killed from outside
-    hung = "hung"  # still running a task past the deadline of every request in it: killed by the watchdog
-    start_timeout = "start_timeout"  # had not loaded its models within YOSO_STARTUP_TIMEOUT_S: killed
-
-
-class WorkerCrashed(RuntimeError):
-    """The worker process died while running a task."""
-
-
-class TaskOverran(RuntimeError):
-    """The task ran past the deadline of every request in it; its worker was killed and is being replaced."""
-
-
-class PoolStartError(RuntimeError):
-    """A worker could not load its models, or not within the start-up bound."""
-
-
-@dataclass(eq=False)
-class WorkerProcess:
-    """The pool's handle on one inference process (which runs yoso.serving.worker.Worker)."""
-
-    process: BaseProcess
-    ready: asyncio.Future[WorkerReady]
-    socket: socket.socket
-    writer: asyncio.StreamWriter | None = None  # set once the loop has opened the socket
-    listener: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference to a task
-    task: asyncio.Future[TaskOutcome] | None = None
-    task_kind: TaskKind = ("", 0, 0)  # of the task running or last run
-    task_started: float = 0.0  # time.monotonic()
-    watchdog: asyncio.TimerHandle | None = None  # kills the worker at its start-up bound, then at its task's deadline
-    killed: Exit | None = None  # set when the pool kills it: whatever it still sends is ignored
-    models: set[str] = field(default_factory=set)
-
-    @property
-    def live(self) -> bool:
-        """Loaded its models and can take tasks."""
-        return self.ready.done() and not self.ready.exception()
-
-    def kill(self, reason: Exit) -> None:
-        self.killed = reason
-        self.process.kill()  # the socket then closes, and _on_exit answers and replaces
 
 
 class WorkerPool:
@@ -156,18 +108,18 @@ class WorkerPool:
             if w.writer is not None and not w.writer.is_closing():
                 w.writer.write_eof()
             else:
-                _close(w)
+                close(w)
         for w in stopping:
-            await _reap(w)
+            await reap(w)
             self._on_exit(w)  # whatever it left unanswered is answered now (no replacement: closing)
 
     def _spawn(self) -> WorkerProcess:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        process = _SPAWN.Process(target=_run_worker, args=(theirs, self.config), name="yoso-worker", daemon=True)
+        process = SPAWN.Process(target=run_worker, args=(theirs, self.config), name="yoso-worker", daemon=True)
         process.start()
         theirs.close()
-        w = WorkerProcess(process, loop.create_future(), ours)
+        w = WorkerProcess(process, loop.create_future(), ours, entries=self.config.models)
         self._workers.append(w)
         w.listener = loop.create_task(self._listen(w, self.config.log_level), name=f"yoso-worker-{process.pid}")
         w.watchdog = loop.call_later(self.startup_timeout_s, self._start_overdue, w)
@@ -189,7 +141,7 @@ class WorkerPool:
             w.kill(Exit.died)
         self._on_exit(w)
         if not self._closing:  # stop() reaps the workers it stops
-            await _reap(w)
+            await reap(w)
 
     def _on_message(self, w: WorkerProcess, message: object) -> None:
         if w not in self._workers or w.killed is not None:
@@ -199,6 +151,7 @@ class WorkerPool:
                 return
             w.watchdog.cancel()
             w.models.update(message.model_load_s)
+            w.versions.update((name, w.entries[name].version) for name in message.model_load_s)
             for name, seconds in message.model_load_s.items():
                 self.on_model_loaded(name, seconds)
             self.on_ready(message)
@@ -214,15 +167,67 @@ class WorkerPool:
             model = w.task_kind[0]
             if message.model_load_s is not None:
                 w.models.add(model)
+                w.versions.add((model, message.version))
                 self.on_model_loaded(model, message.model_load_s)
             self.on_task_done(w.task_kind, message, time.monotonic() - w.task_started)  # even if callers left
             if task is not None and not task.done():
                 task.set_result(message)
             self._make_idle(w)
+        elif isinstance(message, VersionLoaded):
+            w.watchdog.cancel()
+            load, w.task = w.task, None
+            if message.error is None:
+                w.versions.add((message.name, message.version))
+                self.on_model_loaded(message.name, message.seconds)
+            if load is not None and not load.done():
+                load.set_result(message.seconds) if message.error is None else load.set_exception(
+                    VersionRefused(message.error))
+            self._make_idle(w)
 
     def _make_idle(self, w: WorkerProcess) -> None:
+        """The worker is free: it loads what versions wait for it (each as a task), then takes tasks."""
+        if w.loads and not self._closing:
+            entry, load = w.loads.popleft()
+            w.task = load
+            w.task_kind = (entry.name, 0, 0)  # admission's kind for a model load (threads 0)
+            w.task_started = time.monotonic()
+            w.watchdog = asyncio.get_running_loop().call_later(self.startup_timeout_s, self._overran, w)
+            w.writer.write(wire.encode(LoadVersion(entry)))
+            return
         self._idle.append(w)
         self.on_idle()
+
+    async def load_everywhere(self, entry: ModelEntry) -> None:
+        """Load, set up and warm `entry`'s version in every live worker beside what it serves: one worker at a
+        time, each between its tasks, so that the others keep serving meanwhile. VersionRefused (and it is
+        unloaded again) when a worker cannot."""
+        for w in [w for w in self._workers if w.live]:
+            if w not in self._workers or w.killed is not None:
+                continue  # gone meanwhile: its replacement loads the version on first use
+            load = asyncio.get_running_loop().create_future()
+            w.loads.append((entry, load))
+            if w in self._idle:
+                self._idle.remove(w)
+                self._make_idle(w)
+            try:
+                await load
+            except VersionRefused:
+                self.unload_everywhere(entry.name, entry.version)
+                raise
+            except Exception as error:  # its worker died or hung while loading it
+                self.unload_everywhere(entry.name, entry.version)
+                raise VersionRefused(str(error)) from None
+
+    def adopt(self, entry: ModelEntry) -> None:
+        """From now on tasks run `entry`'s version, and workers started later load it."""
+        self.config = dataclasses.replace(self.config, models={**self.config.models, entry.name: entry})
+
+    def unload_everywhere(self, name: str, version: int) -> None:
+        """Every worker drops the version, once its running task (if any) is done."""
+        for w in self._workers:
+            if (name, version) in w.versions and w.writer is not None and not w.writer.is_closing():
+                w.versions.discard((name, version))
+                w.writer.write(wire.encode(UnloadVersion(name, version)))
 
     def _start_overdue(self, w: WorkerProcess) -> None:
         if not w.ready.done():
@@ -243,7 +248,7 @@ class WorkerPool:
         """A worker is gone: answer its task, forget it, and start a replacement."""
         if w not in self._workers:
             return
-        _close(w)
+        close(w)
         if w.watchdog is not None:
             w.watchdog.cancel()
         if w in self._idle:
@@ -254,8 +259,9 @@ class WorkerPool:
             w.ready.set_exception(PoolStartError(f"a worker exited during start-up{how}"))
         if w.ready.exception() is not None:
             self._failed_starts += 1
-        if w.task is not None and not w.task.done():
-            w.task.set_exception(WorkerCrashed(f"the inference worker died{how}"))
+        for waiting in [w.task, *(load for _, load in w.loads)]:
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(WorkerCrashed(f"the inference worker died{how}"))
         if self._closing:
             return
         self.on_replaced(w.killed or Exit.died)
@@ -274,25 +280,3 @@ class WorkerPool:
 def _log_failed_start(ready: asyncio.Future[WorkerReady]) -> None:
     if ready.exception() is not None:
         log.error("a replacement worker failed to start: %s", ready.exception())
-
-
-async def _reap(w: WorkerProcess) -> None:
-    """Wait for a worker whose socket has closed to exit, so that no zombie is left; kill it if it lingers."""
-    await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
-    if w.process.is_alive():
-        w.process.kill()
-        await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
-
-
-def _close(w: WorkerProcess) -> None:
-    if w.writer is not None:
-        w.writer.close()
-    else:
-        w.socket.close()
-
-
-def _run_worker(server: socket.socket, config: WorkerConfig) -> None:
-    """A worker process's entry: OpenCV and the models load there, never in the server process."""
-    from yoso.serving.worker import serve
-
-    serve(server, config)

@@ -70,14 +70,15 @@ class Scheduler:
     def waiting_by_model(self) -> Counter[str]:
         return Counter(self.waiting_models())
 
-    async def run(self, model: str, confidence: float, data: bytes | list[Any], annotate: bool, deadline: float,
-                  expected_wait_s: float) -> tuple[JobOutcome, TaskOutcome]:
-        """The outcome of one request's input, and of the task (batch) it ran in."""
+    def enqueue(self, model: str, confidence: float, data: bytes | list[Any], annotate: bool, deadline: float,
+                expected_wait_s: float) -> asyncio.Future[tuple[JobOutcome, TaskOutcome]]:
+        """Queue one input now (admission counts it from this moment) and return what its outcome will be.
+        Cancelling the future marks the job done: it is skipped, never run."""
         job = Job(model, confidence, data, annotate, deadline, expected_wait_s,
                   asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._dispatch()
-        return await job.future  # cancelling this marks the job done: it is skipped, never run
+        return job.future
 
     def _dispatch(self) -> None:
         while self.pool.idle:
@@ -122,7 +123,7 @@ class Scheduler:
     def _start(self, batch: list[Job]) -> None:
         head = batch[0]
         task = Task(head.model, head.confidence, tuple(job.data for job in batch), head.annotate,
-                    self.pool.threads_for_next_task())
+                    self.pool.threads_for_next_task(), self.pool.config.models[head.model])  # the serving version
         running = self.pool.submit(task, deadline=max(job.deadline for job in batch))
         dispatched, dispatched_ns = time.monotonic(), time.time_ns()
         for job in batch:

@@ -12,14 +12,18 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from yoso.config import Settings, WorkerPriority
 from yoso.cores import available_cores
+from yoso.model.registry import pull
+from yoso.model.repository import Repository
 from yoso.serving.admission import Admission, Reason, TaskTimes, Ticket
-from yoso.serving.catalog import Catalog
+from yoso.serving.catalog import Catalog, CatalogError
 from yoso.serving.pool import Exit, PoolStartError, WorkerPool
 from yoso.serving.scheduler import Scheduler
+from yoso.serving.versions import Checked, Versions, registry_for
 from yoso.serving.tasks import JobOutcome, TaskKind, TaskOutcome, WorkerConfig, WorkerReady
 from yoso.status import ModelStatus
 
@@ -61,7 +65,16 @@ class InferenceObserver(Protocol):
 class InferenceService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.catalog = Catalog.from_settings(settings)
+        self.repository = Repository(settings.model_dir)
+        self.versions = Versions(self.repository, dict(settings.model_versions))
+        self._pull_errors: dict[str, str] = {}
+        for name in settings.model_registry:  # a registry's URI pins its model to the version it names
+            self._pull(name)
+        self.catalog = Catalog.from_settings(settings, self.versions.choose)
+        unknown = [name for name in settings.model_registry if name not in self.catalog.models]
+        if unknown:
+            raise CatalogError(f"bad setting YOSO_MODEL_REGISTRY: unknown model {', '.join(unknown)}; "
+                               f"served: {', '.join(self.catalog.models)}")
         self.observers: list[InferenceObserver] = []
         cores = available_cores()
         config = WorkerConfig(
@@ -90,6 +103,7 @@ class InferenceService:
         self.pool.on_model_loaded = self._model_loaded
         self.pool.on_task_done = self._task_done
         self.pool.on_replaced = self._worker_replaced
+        self._watching: asyncio.Future[None] | None = None
         self.scheduler.on_waited = self.admission.waited
         self.start_error: str | None = None
         self._starting: asyncio.Future[None] | None = None
@@ -110,7 +124,33 @@ class InferenceService:
             return
         if self.admission.closed is Reason.starting:
             self.admission.closed = None
-            log.info("ready: %d workers, models %s", self.pool.size, ", ".join(self.catalog.preload))
+            log.info("ready: %d workers, models %s", self.pool.size, ", ".join(
+                f"{name} (version {self.catalog.models[name].entry.version})" for name in self.catalog.preload))
+        if self.settings.model_poll_s > 0:
+            self._watching = asyncio.ensure_future(self._watch(self.settings.model_poll_s))
+
+    async def _watch(self, every_s: float) -> None:
+        """Read the model repository every `every_s` and swap in the versions that should serve."""
+        while True:
+            await asyncio.sleep(every_s)
+            for name in list(self.catalog.models):
+                try:
+                    await self.reload(name)
+                except Exception:  # noqa: BLE001 - a failed check is logged; the next one comes
+                    log.exception("model %s: checking the model repository failed", name)
+
+    async def reload(self, name: str) -> Checked:
+        """Pull model `name` from its registry, if it has one, and read the repository now; swap if another
+        version should serve (UnknownModel for a model not served)."""
+        if name not in self.catalog.models:
+            raise UnknownModel(name, list(self.catalog.models))
+        failed = await asyncio.to_thread(self._pull, name) if name in self.settings.model_registry else None
+        checked = await self.versions.check(self.catalog, self.pool, name)
+        if failed is not None:
+            checked = replace(checked, refused=failed)
+        if checked.version != checked.previous:
+            self._installed.discard(name)  # its availability is the new version's
+        return checked
 
     def fail_start(self, why: str) -> None:
         """Something the server needs could not start: it stops, then exits non-zero with this one line."""
@@ -132,8 +172,9 @@ class InferenceService:
 
     async def stop(self) -> None:
         self.drain()
-        if self._starting is not None:
-            self._starting.cancel()
+        for background in (self._starting, self._watching):
+            if background is not None:
+                background.cancel()
         await self.pool.stop()
 
     async def ensure_installed(self, name: str) -> None:
@@ -165,9 +206,9 @@ class InferenceService:
         them), or one list of JSON instances for a JSON model. The outcomes come in the order of the inputs."""
         self.require(ticket.model)
         expected_wait_s = self.admission.recheck(ticket, len(inputs))
-        runs = [self.scheduler.run(ticket.model, confidence, data, annotate, ticket.hard_deadline, expected_wait_s)
-                for data in inputs]
-        outcomes = await asyncio.gather(*runs, return_exceptions=True)  # cancelled together; none left running
+        queued = [self.scheduler.enqueue(ticket.model, confidence, data, annotate, ticket.hard_deadline,
+                                         expected_wait_s) for data in inputs]  # queued now: the next check counts them
+        outcomes = await asyncio.gather(*queued, return_exceptions=True)  # cancelled together: none is left to run
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -178,6 +219,24 @@ class InferenceService:
                 self._notify(event, ticket.model, endpoint, confidence, job, task)
         return results
 
+    def _pull(self, name: str) -> str | None:
+        """Pin the model to the version its registry URI names now, pulled into the repository if need be;
+        why not, if the registry cannot be asked (the version pinned before, if any, stays)."""
+        uri = self.settings.model_registry[name]
+        try:
+            version = pull(self.repository, registry_for(uri, self.settings.mlflow_tracking_uri), name, uri)
+        except Exception as error:  # noqa: BLE001 - a registry down or a version gone: say so, serve on
+            why = f"model {name}: cannot pull {uri}: {type(error).__name__}: {error}"
+            if self._pull_errors.get(name) != why:  # once, not at every poll while the registry stays down
+                log.error("%s; the serving version carries on", why)
+            self._pull_errors[name] = why
+            return why
+        self._pull_errors.pop(name, None)
+        if self.versions.pinned.get(name) != version.number:
+            log.info("model %s: %s is version %d in the repository", name, uri, version.number)
+        self.versions.pinned[name] = version.number
+        return None
+
     def models(self) -> list[ModelStatus]:
         statuses = []
         for name, served in self.catalog.models.items():
@@ -186,7 +245,8 @@ class InferenceService:
             download = getattr(served.cls, "download_bytes", None)
             statuses.append(ModelStatus(
                 name, served.unavailable() is None, loaded_by > 0, loaded_by, len(labels) if labels else None,
-                download() if download else 0, served.kind.value, served.entry.target))
+                download() if download else 0, served.kind.value, served.entry.target, served.entry.version,
+                self.versions.available(name)))
         return statuses
 
     def labels(self, name: str) -> list[str] | None:
@@ -213,6 +273,7 @@ class InferenceService:
         self._labels.update({name: labels for name, labels in ready.labels.items() if labels})
 
     def _model_loaded(self, model: str, seconds: float) -> None:
+        self.admission.times.record((model, 0, 0), seconds)  # a worker loading a version is busy that long
         self._notify("model_loaded", model, seconds)
 
     def _task_done(self, kind: TaskKind, task: TaskOutcome, seconds: float) -> None:

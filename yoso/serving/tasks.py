@@ -27,11 +27,14 @@ class Running:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A served model as a worker builds it: `target` is `module:Class`, instantiated with `args`."""
+    """A served model as a worker builds it: `target` is `module:Class`, instantiated with `args`, set up with
+    the directory of `version` in the model repository (None: the model has no directory there)."""
 
     name: str
     target: str
     args: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+    directory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,11 @@ class Task:
     inputs: tuple[bytes | list[Any], ...]
     annotate: bool  # also return each image with its boxes drawn, as JPEG
     threads: int  # threads for this task: all cores when it runs alone
+    entry: ModelEntry | None = None  # the model's version serving when the task left the queue (None: the first)
+
+    @property
+    def version(self) -> int:
+        return 1 if self.entry is None else self.entry.version
 
     @property
     def size(self) -> int:
@@ -90,6 +98,7 @@ class TaskOutcome:
     stages: list[tuple[str, Interval]] = field(default_factory=list)  # each step: preprocess, predict, postprocess
     records: list[tuple[str, float]] = field(default_factory=list)  # yoso.record(statistic, value) calls
     model_load_s: float | None = None  # set when this task made the worker load the model
+    version: int = 1  # of the model that ran it
 
     @property
     def inference_ms(self) -> float:
@@ -102,6 +111,29 @@ class WorkerReady:
     model_load_s: dict[str, float]
     warm_task_s: dict[TaskKind, float]  # one blank image through each preloaded detector, at each thread count
     labels: dict[str, list[str] | None] = field(default_factory=dict)  # each preloaded model's, once set up
+
+
+@dataclass(frozen=True)
+class LoadVersion:
+    """From the server: load, set up and warm this version beside those loaded. Answered VersionLoaded."""
+
+    entry: ModelEntry
+
+
+@dataclass(frozen=True)
+class VersionLoaded:
+    name: str
+    version: int
+    seconds: float
+    error: str | None = None  # why it could not load: the version is refused
+
+
+@dataclass(frozen=True)
+class UnloadVersion:
+    """From the server: drop this version (no task uses it any more). Not answered."""
+
+    name: str
+    version: int
 
 
 @dataclass(frozen=True)
