@@ -49,9 +49,6 @@ class Repository:
             numbered[1] = home  # the flat layout: version 1
         return [ModelVersion(name, number, numbered[number]) for number in sorted(numbered)]
 
-    def version(self, name: str, number: int) -> ModelVersion | None:
-        return next((version for version in self.versions(name) if version.number == number), None)
-
     def checksum_problem(self, version: ModelVersion) -> str | None:
         """Why the version's files do not match its SHA256SUMS (None when they do, or when it has none)."""
         sums = version.directory / SUMS

@@ -268,23 +268,23 @@ class Admission:
             self.held -= 1
 
     def _check(self, model: str, timeout_s: float, inputs: int = 1) -> float:
-        """Refused unless the request (its last input) may wait (the caps, the budget); else its expected wait."""
-        running = self.workers.running()
-        waiting = [*self.queue.waiting_models(), *[model] * (inputs - 1)]  # its own first inputs go ahead of it
-        would_wait = len(waiting) + 1 - sum(1 for task in running if task is None)
+        """Refused unless it may wait (the caps; its first input: the budget; its last: its timeout); else how long."""
+        running, waiting = self.workers.running(), self.queue.waiting_models()
+        would_wait = len(waiting) + inputs - sum(1 for task in running if task is None)
         if would_wait > self.max_queue:
             raise Refused(Reason.queue_cap, f"The server is at capacity: {would_wait} requests would wait for a "
                                             f"worker (YOSO_MAX_QUEUE); retry after the Retry-After delay.")
-        expected_s = self.expected_wait_s(running, waiting)
-        wait_s = expected_s * self.margin.factor()
-        allowed_s = min(self.budget_s, timeout_s - self.times.expected_s((model, self.busy_threads, 1)))
-        if wait_s > allowed_s:
-            bound = ("its wait budget (YOSO_MAX_QUEUE_WAIT_MS)" if allowed_s == self.budget_s
-                     else "what its timeout leaves after its own inference")
-            raise Refused(Reason.budget, f"The server is at capacity: a worker may not be free for "
-                                         f"{wait_s * 1000:.0f} ms, past {bound}, {max(0.0, allowed_s) * 1000:.0f} ms; "
-                                         f"retry after the Retry-After delay.")
-        return expected_s
+        factor = self.margin.factor()
+        first_s = self.expected_wait_s(running, waiting)
+        last_s = self.expected_wait_s(running, [*waiting, *[model] * (inputs - 1)]) if inputs > 1 else first_s
+        left_s = timeout_s - self.times.expected_s((model, self.busy_threads, 1))
+        for wait_s, allowed_s, bound in ((first_s * factor, self.budget_s, "its wait budget (YOSO_MAX_QUEUE_WAIT_MS)"),
+                                         (last_s * factor, left_s, "what its timeout leaves after its own inference")):
+            if wait_s > allowed_s:
+                raise Refused(Reason.budget, f"The server is at capacity: a worker may not be free for "
+                                             f"{wait_s * 1000:.0f} ms, past {bound}, {max(0.0, allowed_s) * 1000:.0f} "
+                                             f"ms; retry after the Retry-After delay.")
+        return last_s
 
     def _batches(self, waiting: Sequence[str]) -> list[tuple[str, int]]:
         """The waiting requests as the tasks they will run in: (model, images), oldest first."""

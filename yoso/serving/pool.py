@@ -157,6 +157,7 @@ class WorkerPool:
             self.on_ready(message)
             w.ready.set_result(message)
             self._failed_starts = 0
+            self._catch_up(w)
             self._make_idle(w)
         elif isinstance(message, WorkerFailed):
             if not w.ready.done():
@@ -197,11 +198,23 @@ class WorkerPool:
         self._idle.append(w)
         self.on_idle()
 
+    def _catch_up(self, w: WorkerProcess) -> None:
+        """A worker started before a swap loads the version serving now, then drops the one it started with."""
+        for name, started_with in w.entries.items():
+            serving = self.config.models[name]
+            if (name, started_with.version) in w.versions and serving != started_with:
+                load = asyncio.get_running_loop().create_future()
+                load.add_done_callback(lambda done: done.exception())  # a failure shows on its first task instead
+                w.loads.append((serving, load))
+                w.writer.write(wire.encode(UnloadVersion(name, started_with.version)))
+                w.versions.discard((name, started_with.version))
+
     async def load_everywhere(self, entry: ModelEntry) -> None:
-        """Load, set up and warm `entry`'s version in every live worker beside what it serves: one worker at a
-        time, each between its tasks, so that the others keep serving meanwhile. VersionRefused (and it is
-        unloaded again) when a worker cannot."""
-        for w in [w for w in self._workers if w.live]:
+        """Load, set up and warm `entry`'s version in every live worker that holds the model, beside what it
+        serves: one worker at a time, each between its tasks, so that the others keep serving meanwhile (a
+        worker without the model loads the version on first use). VersionRefused (and it is unloaded again)
+        when a worker cannot."""
+        for w in [w for w in self._workers if w.live and entry.name in w.models]:
             if w not in self._workers or w.killed is not None:
                 continue  # gone meanwhile: its replacement loads the version on first use
             load = asyncio.get_running_loop().create_future()
@@ -223,9 +236,10 @@ class WorkerPool:
         self.config = dataclasses.replace(self.config, models={**self.config.models, entry.name: entry})
 
     def unload_everywhere(self, name: str, version: int) -> None:
-        """Every worker drops the version, once its running task (if any) is done."""
+        """Every worker drops the version, once its running task (if any) is done: told whether or not the pool
+        knows it holds it (a task that loaded it lazily may still be running), since dropping nothing is free."""
         for w in self._workers:
-            if (name, version) in w.versions and w.writer is not None and not w.writer.is_closing():
+            if w.writer is not None and not w.writer.is_closing() and w.killed is None:
                 w.versions.discard((name, version))
                 w.writer.write(wire.encode(UnloadVersion(name, version)))
 
@@ -259,9 +273,11 @@ class WorkerPool:
             w.ready.set_exception(PoolStartError(f"a worker exited during start-up{how}"))
         if w.ready.exception() is not None:
             self._failed_starts += 1
-        for waiting in [w.task, *(load for _, load in w.loads)]:
-            if waiting is not None and not waiting.done():
-                waiting.set_exception(WorkerCrashed(f"the inference worker died{how}"))
+        if w.task is not None and not w.task.done():
+            w.task.set_exception(WorkerCrashed(f"the inference worker died{how}"))
+        for _, load in w.loads:  # versions it had not begun to load: no refusal (its replacement loads on use)
+            if not load.done():
+                load.set_result(0.0)
         if self._closing:
             return
         self.on_replaced(w.killed or Exit.died)

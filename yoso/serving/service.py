@@ -68,13 +68,17 @@ class InferenceService:
         self.repository = Repository(settings.model_dir)
         self.versions = Versions(self.repository, dict(settings.model_versions))
         self._pull_errors: dict[str, str] = {}
-        for name in settings.model_registry:  # a registry's URI pins its model to the version it names
-            self._pull(name)
+        self._pulling: dict[str, asyncio.Lock] = {}
         self.catalog = Catalog.from_settings(settings, self.versions.choose)
         unknown = [name for name in settings.model_registry if name not in self.catalog.models]
         if unknown:
             raise CatalogError(f"bad setting YOSO_MODEL_REGISTRY: unknown model {', '.join(unknown)}; "
                                f"served: {', '.join(self.catalog.models)}")
+        for name in settings.model_registry:  # a registry's URI pins its model to the version it names now
+            if self._pull(name) is None:
+                self.catalog.models[name] = served = self.versions.choose(self.catalog.models[name])
+                if settings.preload_models is None and name not in self.catalog.preload and not served.unavailable():
+                    self.catalog.preload.append(name)  # it could not load before its first pull
         self.observers: list[InferenceObserver] = []
         cores = available_cores()
         config = WorkerConfig(
@@ -144,7 +148,10 @@ class InferenceService:
         version should serve (UnknownModel for a model not served)."""
         if name not in self.catalog.models:
             raise UnknownModel(name, list(self.catalog.models))
-        failed = await asyncio.to_thread(self._pull, name) if name in self.settings.model_registry else None
+        failed = None
+        if name in self.settings.model_registry:
+            async with self._pulling.setdefault(name, asyncio.Lock()):  # one download of a version, not one per caller
+                failed = await asyncio.to_thread(self._pull, name)
         checked = await self.versions.check(self.catalog, self.pool, name)
         if failed is not None:
             checked = replace(checked, refused=failed)

@@ -68,14 +68,15 @@ class Versions:
             if wanted is None or (wanted.number == previous and str(wanted.directory) == served.entry.directory):
                 return Checked(name, previous, previous, refused)
             entry = replace(served.entry, version=wanted.number, directory=str(wanted.directory))
-            if pool.workers_with(name):  # loaded somewhere: loaded everywhere before it serves
+            if wanted.number != previous and pool.workers_with(name):  # loaded everywhere before it serves
                 try:
                     await pool.load_everywhere(entry)
                 except VersionRefused as error:
                     return Checked(name, previous, previous, self._refuse(wanted, str(error)))
+            # (The same number in another directory, `<name>/` moved to `<name>/1/`: workers keep what they hold.)
             pool.adopt(entry)  # tasks leaving the queue from now on run it
             catalog.models[name] = replace(served, entry=entry)
-            if wanted.number != previous:  # (the same number from another directory replaced it in each worker)
+            if wanted.number != previous:
                 pool.unload_everywhere(name, previous)  # after the tasks running on it: workers read in order
             log.info("model %s: version %d serves now (was %d)", name, wanted.number, previous)
             return Checked(name, wanted.number, previous, refused)

@@ -21,7 +21,6 @@ from yoso.serving.catalog import Kind, ServedModel
 from yoso.serving.service import InferenceService, UnknownModel
 
 EXTENSIONS = ["binary_tensor_data"]
-VERSIONS = ["1"]  # one version of each model is served (for now): "1", or none named
 CONFIDENCE = "confidence"
 DEFAULT_CONFIDENCE = 0.5
 
@@ -49,12 +48,12 @@ def server_metadata() -> dict[str, Any]:
 
 
 def served(service: InferenceService, name: str, version: str = "") -> ServedModel:
-    """The model a request names; ApiError 404 for an unknown model or version."""
+    """The model a request names; ApiError 404 for an unknown model, or a version that is not serving."""
     model = service.catalog.models.get(name)
     if model is None:
         raise ApiError(404, str(UnknownModel(name, list(service.catalog.models))))
-    if version and version not in VERSIONS:
-        raise ApiError(404, f"Model {name!r} has no version {version!r}; versions: {', '.join(VERSIONS)}.")
+    if version and version != str(model.entry.version):
+        raise ApiError(404, f"Model {name!r} has no version {version!r} serving; version {model.entry.version} is.")
     return model
 
 
@@ -69,7 +68,7 @@ def tensors(model: ServedModel) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]
 def model_metadata(service: InferenceService, name: str, version: str = "") -> dict[str, Any]:
     model = served(service, name, version)
     inputs, outputs = tensors(model)
-    return {"name": model.name, "versions": VERSIONS, "platform": f"yoso_{model.kind.value}",
+    return {"name": model.name, "versions": [str(model.entry.version)], "platform": f"yoso_{model.kind.value}",
             "inputs": [_described(tensor) for tensor in inputs], "outputs": [_described(tensor) for tensor in outputs]}
 
 
@@ -118,7 +117,7 @@ async def model_infer(service: InferenceService, ticket: Ticket, request: InferR
         outputs = signatures.prediction_outputs(job.predictions or [], model.cls.outputs)
     if request.outputs is not None:
         outputs = [tensor for tensor in outputs if tensor.name in request.outputs]
-    return InferResponse(model.name, VERSIONS[-1], request.id, outputs)
+    return InferResponse(model.name, str(ticket.version or model.entry.version), request.id, outputs)
 
 
 def _arrived(inputs: list[Any]) -> Callable[[], Coroutine[Any, Any, list[Any]]]:

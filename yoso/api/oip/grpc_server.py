@@ -36,7 +36,7 @@ MESSAGE_MARGIN_BYTES = 1024 * 1024  # a request's names, shapes and parameters, 
 
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
           404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
-          409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.INVALID_ARGUMENT,
+          409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
           415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
           499: grpc.StatusCode.CANCELLED, 503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED}
 # Which typed field of InferTensorContents carries each datatype (FP16 and BF16 have none: raw contents only).
@@ -117,7 +117,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await admission.hold_refusal()
             raise ApiError(503, refusal.detail, {"Retry-After": str(RETRY_AFTER_S)}) from None
         try:
-            parsed = infer_request(request)
+            parsed = await asyncio.to_thread(infer_request, request)  # off the loop: tensors may be large
         finally:
             ticket.upload_done()  # the message arrived whole before the call began
         # grpc.aio cancels this task when the client cancels or its deadline passes: the inference is dropped then.
@@ -192,13 +192,14 @@ class KeyCheck(aio.ServerInterceptor):
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
-        if details.method.rpartition("/")[2] in OPEN_METHODS:
-            return await continuation(details)
+        handler = await continuation(details)
+        if handler is None or details.method.rpartition("/")[2] in OPEN_METHODS:
+            return handler  # a method that does not exist is UNIMPLEMENTED, whoever calls it
         metadata = [(key.encode(), value if isinstance(value, bytes) else value.encode())
                     for key, value in details.invocation_metadata or ()]
         presented = presented_credential(metadata)
         if presented is not None and self.keys.accept(presented):
-            return await continuation(details)
+            return handler
         detail = (f"This call needs an API key: send it as `authorization: Bearer KEY` or "
                   f"`{API_KEY_HEADER.lower()}: KEY` metadata." if presented is None
                   else "The credential sent is not an API key; check the key and send it again.")
@@ -218,7 +219,10 @@ async def start_grpc_server(settings: Settings, service: InferenceService,
     """Listen on YOSO_HOST:YOSO_GRPC_PORT; stop it with `await server.stop(grace_s)` (in-flight calls finish).
     `interceptors` (observability) come first, so that calls refused for their key are counted and traced too."""
     chain = [*interceptors, *([KeyCheck(settings.api_key)] if settings.api_key else [])]
-    server = aio.server(interceptors=chain, options=[
+    # Calls beyond the uploads and queue admission may hold are refused (RESOURCE_EXHAUSTED) before their
+    # message is read: gRPC reads each message whole, so this bounds the memory of calls not yet admitted.
+    server = aio.server(interceptors=chain, maximum_concurrent_rpcs=settings.max_uploads + settings.queue_limit,
+                        options=[
         ("grpc.max_receive_message_length", settings.max_upload_bytes + MESSAGE_MARGIN_BYTES),
         ("grpc.so_reuseport", 0),  # a port in use is an error, as for HTTP, not a port shared with another server
     ])

@@ -8,6 +8,7 @@ input whose parameters name a `binary_data_size`, in order. Outputs come back bi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
 from typing import Any
@@ -85,11 +86,21 @@ async def model_ready(name: str, service: Service, version: str = "") -> JSONRes
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference", openapi_extra=_INFER_DOC,
              response_class=Response, responses=_INFER_200 | _INFER_ERRORS)
 async def infer(name: str, request: Request, service: Service, version: str = "") -> Response:
-    body = await _body(request, service.settings.max_upload_bytes + _JSON_MARGIN_BYTES)
-    document, binary = _split(body, request.headers.get(HEADER_LENGTH))
-    parsed = _infer_request(name, version, document, binary)
-    response = await core.model_infer(service, ticket_of(request.scope), parsed, lambda: until_disconnected(request))
+    ticket = ticket_of(request.scope)
+    try:
+        async with asyncio.timeout(ticket.remaining_s()):  # a stalled upload must not hold its place
+            body = await _body(request, service.settings.max_upload_bytes + _JSON_MARGIN_BYTES)
+    except TimeoutError:
+        raise ApiError(408, f"The upload took longer than {ticket.timeout_s:g} s to arrive.") from None
+    # Parsed off the event loop: a JSON model's tensor may be millions of numbers.
+    document, parsed = await asyncio.to_thread(_parsed, name, version, body, request.headers.get(HEADER_LENGTH))
+    response = await core.model_infer(service, ticket, parsed, lambda: until_disconnected(request))
     return _rendered(response, _binary_outputs(document))
+
+
+def _parsed(name: str, version: str, body: bytes, header_length: str | None) -> tuple[dict[str, Any], core.InferRequest]:
+    document, binary = _split(body, header_length)
+    return document, _infer_request(name, version, document, binary)
 
 
 async def _body(request: Request, limit: int) -> bytes:
