@@ -3,10 +3,11 @@
 At start each model serves the highest complete version in the model repository (yoso.model.repository), or the
 one YOSO_MODEL_VERSIONS pins; a model with no directory there serves its class's own files, as version 1.
 `check(name)` (every YOSO_MODEL_POLL_S, and on POST /admin/models/{name}/reload) reads the repository again;
-when another version should serve, it is loaded and warmed in every worker beside the serving one, between
-their tasks; then tasks take it, the tasks still running finish on the old one, and the old one is unloaded.
+when another version should serve, it is loaded and warmed beside the serving one in each worker that holds the
+model, one worker at a time and between its tasks; then tasks take it, the tasks still running finish on the old one, and the old one is unloaded.
 A version that is incomplete, or fails to load or warm in any worker, is refused: one log line, a metric, and
-it is not tried again until its files change. The serving version keeps serving meanwhile.
+it is not tried again until its files change. The serving version keeps serving meanwhile. `registry_for`
+names the registry a YOSO_MODEL_REGISTRY URI pulls versions from.
 """
 
 from __future__ import annotations
