@@ -70,7 +70,7 @@ async def list_models(service: Service):
 async def model_status(name: str, service: Service):
     if name not in service.catalog.models:
         raise ApiError(404, str(UnknownModel(name, list(service.catalog.models))))
-    return V1ModelStatus(name=name, ready=service.ready and service.pool.workers_with(name) > 0)
+    return V1ModelStatus(name=name, ready=service.model_ready(name))
 
 
 @router.post("/{name:model_name}:predict", response_model=V1Predictions,

@@ -198,11 +198,9 @@ class InferenceService:
         """Raise unless `name` is a served model that can load (once found so, it stays so)."""
         if name in self._installed:
             return
-        served = self.catalog.models.get(name)
-        if served is None:
+        if (served := self.catalog.models.get(name)) is None:
             raise UnknownModel(name, list(self.catalog.models))
-        why = served.unavailable()
-        if why is not None:
+        if (why := served.unavailable()) is not None:
             raise ModelNotInstalled(why)
         self._installed.add(name)
 
@@ -216,15 +214,13 @@ class InferenceService:
         queued = [self.scheduler.enqueue(ticket.model, confidence, data, annotate, ticket.hard_deadline,
                                          expected_wait_s) for data in inputs]  # queued now: the next check counts them
         outcomes = await asyncio.gather(*queued, return_exceptions=True)  # cancelled together: none is left to run
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        results: list[tuple[JobOutcome, TaskOutcome]] = outcomes  # type: ignore[assignment]
-        for data, (job, task) in zip(inputs, results):
+        if failed := next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None):
+            raise failed
+        for data, (job, task) in zip(inputs, outcomes):  # type: ignore[misc]
             if job.error is None:
                 event = "image_done" if isinstance(data, bytes) else "predictions_done"
                 self._notify(event, ticket.model, endpoint, confidence, job, task)
-        return results
+        return outcomes  # type: ignore[return-value]
 
     def _pull(self, name: str) -> str | None:
         """Pin the model to the version its registry URI names now, pulled into the repository if need be;
@@ -255,6 +251,10 @@ class InferenceService:
                 download() if download else 0, served.kind.value, served.entry.target, served.entry.version,
                 self.versions.available(name)))
         return statuses
+
+    def model_ready(self, name: str) -> bool:
+        """The server is ready and a worker holds the model (KServe V1 and the Open Inference Protocol ask)."""
+        return self.ready and self.pool.workers_with(name) > 0
 
     def labels(self, name: str) -> list[str] | None:
         """The labels a served model can return: its class's, else what its set-up reported, if known."""

@@ -78,7 +78,7 @@ def _described(tensor: Tensor) -> dict[str, Any]:
 
 def model_ready(service: InferenceService, name: str, version: str = "") -> bool:
     model = served(service, name, version)
-    return service.ready and service.pool.workers_with(model.name) > 0
+    return service.model_ready(model.name)
 
 
 def confidence_of(parameters: dict[str, Any]) -> float:

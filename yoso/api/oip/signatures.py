@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from yoso.api.errors import ApiError
-from yoso.api.oip.tensors import TensorData
+from yoso.api.oip.tensors import TensorData, flatten
 from yoso.contract import Tensor
 from yoso.serving.tasks import JobOutcome
 
@@ -135,7 +135,7 @@ def _stacked(spec: Tensor, rows: list[Any]) -> TensorData:
     if spec is DEFAULT_OUTPUT:
         return TensorData(spec.name, spec.datatype, [len(rows)], [_text(row) for row in rows])
     shape = [len(rows), *_shape_of(rows[0] if rows else [])]
-    values = list(_flat(rows))
+    values = list(flatten(rows))
     if len(values) != math.prod(shape):
         raise ApiError(500, f"Output {spec.name!r}: the predictions are not all of one shape.")
     if spec.datatype == "BYTES":
@@ -151,11 +151,3 @@ def _text(value: Any) -> bytes:
 
 def _shape_of(row: Any) -> list[int]:
     return [len(row), *_shape_of(row[0] if row else [])] if isinstance(row, list) else []
-
-
-def _flat(value: Any) -> Any:
-    if isinstance(value, list):
-        for item in value:
-            yield from _flat(item)
-    else:
-        yield value

@@ -83,7 +83,7 @@ def from_values(name: str, datatype: str, shape: list[int], values: list[Any]) -
     """The flat values of a tensor sent as a (possibly nested) list, checked against its datatype and shape."""
     check_datatype(name, datatype)
     count = element_count(name, shape)
-    flat = list(_flatten(values))
+    flat = list(flatten(values))
     if len(flat) != count:
         raise ApiError(400, f"Tensor {name!r}: its shape {shape} holds {count} elements; the data holds {len(flat)}.")
     for value in flat:
@@ -100,10 +100,11 @@ def _fits(datatype: str, value: Any) -> bool:
     return isinstance(value, (int, float) if datatype.startswith("FP") else int)
 
 
-def _flatten(values: Any) -> Any:
+def flatten(values: Any) -> Any:
+    """The scalars of a nested list (or tuple), row-major."""
     if isinstance(values, (list, tuple)):
         for value in values:
-            yield from _flatten(value)
+            yield from flatten(value)
     else:
         yield values
 
