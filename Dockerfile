@@ -1,5 +1,5 @@
 # `docker build -t yoso-server .`: the yoso server with yolov3-tiny and yolov4-tiny baked in.
-# The wheels (opencv-python-headless, numpy, pillow, pydantic-core) bundle their native libraries; what
+# The wheels (opencv-python-headless, openvino, numpy, pillow, pydantic-core) bundle their native libraries; what
 # they still load from the system (glibc, libstdc++, libgcc, zlib) is in the slim base, so no apt-get.
 FROM python:3.11-slim-bookworm
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from yoso.cores import available_cores
+from yoso.cores import available_cores, bf16_instructions
 
 
 @pytest.mark.parametrize("cpu_max, cap", [("max 100000\n", None), ("100000 100000\n", 1), ("150000 100000\n", 2),
@@ -29,3 +29,16 @@ def test_a_cgroup_v1_cfs_quota_caps_the_cores(tmp_path, quota, cap):
 
 def test_without_a_cgroup_file_the_affinity_counts(tmp_path):
     assert available_cores(tmp_path / "absent", tmp_path / "absent-v1") == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("flags, found", [("fpu avx512f avx512_bf16 amx_tile amx_bf16 amx_int8", "AMX"),
+                                          ("fpu avx512f avx512_vnni avx512_bf16", "AVX512-BF16"),
+                                          ("fpu sse4_2 avx2 avx512f", None)])
+def test_bf16_instructions_are_read_from_the_cpu_flags(tmp_path, flags, found):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert bf16_instructions(cpuinfo) == found
+
+
+def test_without_proc_cpuinfo_there_is_no_bf16(tmp_path):
+    assert bf16_instructions(tmp_path / "none") is None

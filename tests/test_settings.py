@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from tests.support import ROOT
-from yoso.config import DEFAULT_MODEL_DIR, ZOO_CLASSES, Settings, SettingsError, load_settings
+from yoso import config
+from yoso.config import (DEFAULT_MODEL_DIR, ZOO_CLASSES, EngineName, Precision, Settings, SettingsError, load_settings,
+                         precision_in_use)
 from yoso.cores import available_cores
 from yoso.serving.catalog import Catalog, CatalogError
 
@@ -62,7 +64,8 @@ def test_the_environment_wins_over_dotenv(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name, value", [("YOSO_PORT", "abc"), ("YOSO_PORT", "70000"), ("YOSO_WORKERS", "0"),
                                          ("YOSO_LOG_LEVEL", "loud"), ("YOSO_OTEL_INSTRUMENT_EXPORTER", "jaeger"),
-                                         ("YOSO_WORKER_PRIORITY", "high")])
+                                         ("YOSO_WORKER_PRIORITY", "high"), ("YOSO_ENGINE", "tensorrt"),
+                                         ("YOSO_INFERENCE_PRECISION", "fp16")])
 def test_a_bad_value_raises_one_line_naming_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as raised:
@@ -119,3 +122,21 @@ def test_model_args_that_are_not_json_are_a_bad_setting_in_one_line(monkeypatch)
     with pytest.raises(SettingsError) as raised:
         load_settings()
     assert str(raised.value).count("\n") == 0 and "YOSO_MODEL_ARGS" in str(raised.value)
+
+
+@pytest.mark.parametrize(("engine", "asked", "bf16", "runs", "why"), [
+    ("openvino", "f32", "AMX", "f32", None),
+    ("openvino", "bf16", "AMX", "bf16", None),
+    ("openvino", "bf16", "AVX512-BF16", "bf16", None),
+    ("openvino", "bf16", None, "f32", "this CPU has neither AMX nor AVX512-BF16"),
+    ("opencv", "bf16", "AMX", "f32", "the opencv engine runs f32 only"),
+])
+def test_bf16_runs_only_on_openvino_and_a_cpu_that_computes_it(monkeypatch, engine, asked, bf16, runs, why):
+    monkeypatch.setattr(config, "bf16_instructions", lambda: bf16)
+    settings = Settings(engine=engine, inference_precision=asked)
+    assert precision_in_use(settings) == (Precision(runs), why)
+
+
+def test_the_default_engine_is_openvino_in_f32():
+    settings = Settings()
+    assert (settings.engine, settings.inference_precision) == (EngineName.openvino, Precision.f32)

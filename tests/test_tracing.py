@@ -96,6 +96,7 @@ def test_zipkin_gets_the_server_span_with_queue_decode_inference_and_encode_chil
     assert set(children) == {"queue", "decode", "inference"}  # /detect draws and encodes nothing
     inference = children["inference"]["tags"]
     assert inference["yoso.model"] == "yolov3-tiny"
+    assert (inference["yoso.model.engine"], inference["yoso.model.precision"]) == ("openvino", "f32")
     assert float(inference["yoso.confidence"]) == 0.4
     assert (int(inference["yoso.image.width"]), int(inference["yoso.image.height"])) == (
         detected["width"], detected["height"])
@@ -137,6 +138,7 @@ def test_otlp_carries_the_same_tree_and_otel_service_name_wins(receiver, start_s
     assert set(children) == {"queue", "decode", "inference", "encode"}
     attributes = {a.key: a.value for a in children["inference"].attributes}
     assert attributes["yoso.model"].string_value == "yolov3-tiny"
+    assert attributes["yoso.model.engine"].string_value == "openvino"
     assert attributes["yoso.confidence"].double_value == 0.3
     assert (attributes["yoso.image.width"].int_value, attributes["yoso.image.height"].int_value) == (275, 183)
     assert attributes["yoso.detections"].int_value >= 2

@@ -212,7 +212,7 @@ def test_files_directly_in_the_models_directory_serve_as_version_1(polled, http)
     for name, expected in EXPECTED_COUNTS[MODEL].items():
         answer = http.post("/count_objects", files=file_field(image_bytes(name)))
         assert answer.json() == {"items": expected}, name
-    assert "ready: 2 workers, models yolov3-tiny (version 1)" in polled.log()
+    assert "ready: 2 workers, models yolov3-tiny (version 1, openvino f32)" in polled.log()
     assert eventually(lambda: any(line.endswith(f" model={MODEL} version=1") for line in polled.log().splitlines()))
 
 

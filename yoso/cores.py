@@ -1,4 +1,5 @@
-"""How many cores this process may really use: its CPU affinity, capped by a cgroup CPU quota.
+"""What the CPU gives this process: how many cores it may really use (its CPU affinity, capped by a cgroup CPU
+quota), and whether they compute in bf16.
 
 os.cpu_count() reports the host's cores; in a container or a Kubernetes pod with a CPU limit, sizing
 OpenCV's threads by it would oversubscribe the cores the process is actually given.
@@ -12,6 +13,8 @@ from pathlib import Path
 
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CPUINFO = Path("/proc/cpuinfo")
+BF16_FLAGS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}  # Linux's names; the best first
 
 
 def _read_numbers(*paths: Path) -> list[str] | None:
@@ -39,3 +42,13 @@ def available_cores(cpu_max: Path = CGROUP_V2_CPU_MAX, cgroup_v1: Path = CGROUP_
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
     return cores
+
+
+def bf16_instructions(cpuinfo: Path = CPUINFO) -> str | None:
+    """The CPU's instructions for bf16 arithmetic (AMX's tiles, else AVX512-BF16), or None when it has none."""
+    try:
+        flags = set(next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")),
+                         "").split())
+    except OSError:
+        return None
+    return next((name for flag, name in BF16_FLAGS.items() if flag in flags), None)

@@ -15,7 +15,7 @@ import uvicorn
 
 from yoso.api.head import REQUEST_HEAD_LIMIT_BYTES
 from yoso.app import create_app
-from yoso.config import Settings, load_settings
+from yoso.config import Settings, load_settings, precision_in_use
 from yoso.observability.logging import configure_logging, logging_config
 from yoso.serving.service import InferenceService
 
@@ -44,6 +44,10 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings, pid_file: str | Path | None = None) -> None:
     configure_logging(settings)
+    precision, why_not = precision_in_use(settings)
+    if why_not is not None:
+        log.warning("YOSO_INFERENCE_PRECISION=%s: %s; running %s", settings.inference_precision.value, why_not,
+                    precision.value)
     # uvicorn applies log_config again in the process it reloads (dev mode); yoso writes the access lines.
     # reset_contextvars: each request starts from an empty context, not the one of the previous request on
     # its keep-alive connection (which would nest its trace under that request's span; CPython #140947).

@@ -14,7 +14,8 @@ class ModelStatus:
     memory by `workers_loaded` worker processes), its number of classes when it declares its labels, what
     `yoso models pull` downloads for it (0 for a plug-in), its kind (detector: images in, detections out;
     json: JSON in, JSON out), the class that serves it (module:Class), the version serving and the versions in
-    the model repository."""
+    the model repository, and what runs it: its engine and precision (the zoo's: YOSO_ENGINE and
+    YOSO_INFERENCE_PRECISION; a plug-in's: its class's `engine` and `precision`, when it declares them)."""
 
     name: str
     installed: bool
@@ -26,3 +27,5 @@ class ModelStatus:
     model_class: str = ""
     version: int = 1
     versions: list[int] = field(default_factory=list)
+    engine: str = ""
+    precision: str = ""

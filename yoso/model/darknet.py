@@ -18,7 +18,8 @@ class CfgError(ValueError):
     """The cfg cannot be read as a Darknet network."""
 
 
-def _sections(text: str) -> list[tuple[str, dict[str, str]]]:
+def read_cfg(text: str) -> list[tuple[str, dict[str, str]]]:
+    """The cfg's sections in order, each (kind, options); the first is [net]."""
     sections: list[tuple[str, dict[str, str]]] = []
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -38,7 +39,7 @@ def _sections(text: str) -> list[tuple[str, dict[str, str]]]:
 
 def parameter_count(cfg_text: str) -> int:
     """The float32 parameters a network of this cfg holds."""
-    sections = _sections(cfg_text)
+    sections = read_cfg(cfg_text)
     try:
         channels = int(sections[0][1].get("channels", "3"))
         outputs: list[int] = []
@@ -61,6 +62,11 @@ def parameter_count(cfg_text: str) -> int:
     except (KeyError, ValueError, IndexError) as error:
         raise CfgError(f"a layer is malformed ({type(error).__name__}: {error})") from None
     return total
+
+
+def onnx_path(cfg: Path) -> Path:
+    """Where the ONNX conversion of a cfg's network goes (yoso.model.darknet_onnx): `<model>.onnx` beside it."""
+    return cfg.with_suffix(".onnx")
 
 
 def weights_problem(cfg: Path, weights: Path) -> str | None:

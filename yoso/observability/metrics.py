@@ -41,10 +41,13 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 class InferenceMetrics:
     """yoso's own metrics: what the models cost and what they see."""
 
-    def __init__(self, registry: CollectorRegistry, models: Iterable[str], detectors: Iterable[str]) -> None:
+    def __init__(self, registry: CollectorRegistry, runtimes: dict[str, tuple[str, str]],
+                 detectors: Iterable[str]) -> None:
+        self.runtimes = runtimes  # each model's (engine, precision): labels of what its speed depends on
         self.inference_seconds = Histogram(
-            "yoso_inference_seconds", "The model's steps on one batch, in the worker process.", ["model"],
-            buckets=INFERENCE_SECONDS_BUCKETS, registry=registry)
+            "yoso_inference_seconds", "The model's steps on one batch, in the worker process, by the engine and "
+            "precision that ran them.", ["model", "engine", "precision"], buckets=INFERENCE_SECONDS_BUCKETS,
+            registry=registry)
         self.stage_seconds = Histogram(
             "yoso_stage_seconds", "Each step of the model's class on one batch: preprocess, predict, postprocess "
             "(those it defines).", ["model", "stage"], buckets=INFERENCE_SECONDS_BUCKETS, registry=registry)
@@ -78,7 +81,8 @@ class InferenceMetrics:
             "yoso_input_megapixels", "Size of each decoded input image, in millions of pixels.",
             buckets=MEGAPIXELS_BUCKETS, registry=registry)
         self.model_load_seconds = Histogram(
-            "yoso_model_load_seconds", "Loading and warming a model in one worker process.", ["model"],
+            "yoso_model_load_seconds", "Loading and warming a model in one worker process.",
+            ["model", "engine", "precision"],
             buckets=MODEL_LOAD_SECONDS_BUCKETS, registry=registry)
         self.requests_in_flight = Gauge(
             "yoso_requests_in_flight", "HTTP requests being handled now (/metrics excluded).", registry=registry)
@@ -91,8 +95,9 @@ class InferenceMetrics:
         self.workers_replaced = Counter(
             "yoso_workers_replaced_total", "Worker processes replaced: died, hung (a task past its deadline) or "
             "start_timeout (models not loaded within YOSO_STARTUP_TIMEOUT_S).", ["reason"], registry=registry)
-        for model in models:  # zero from the start, so that rate() and ratios work before the first request
-            self.model_load_seconds.labels(model)
+        for model, runtime in runtimes.items():  # zero from the start: rate() and ratios work before any request
+            self.model_load_seconds.labels(model, *runtime)
+            self.inference_seconds.labels(model, *runtime)
             self.queue_wait_seconds.labels(model)
         for model in detectors:
             self.images_without_detections.labels(model)
@@ -137,14 +142,14 @@ class MetricsObserver:
         """A batch is one run of the model shared by its requests: counted once, even if its callers left."""
         m = self.metrics
         if task.inference is not None:
-            m.inference_seconds.labels(model).observe(_seconds(task.inference))
+            m.inference_seconds.labels(model, *m.runtimes[model]).observe(_seconds(task.inference))
         for stage, interval in task.stages:
             m.stage_seconds.labels(model, stage).observe(_seconds(interval))
         for statistic, value in task.records:
             m.model_statistic.labels(model, statistic).observe(value)
 
     def model_loaded(self, model: str, seconds: float) -> None:
-        self.metrics.model_load_seconds.labels(model).observe(seconds)
+        self.metrics.model_load_seconds.labels(model, *self.metrics.runtimes[model]).observe(seconds)
 
     def request_shed(self, reason: Reason) -> None:
         self.metrics.requests_shed.labels(reason.value).inc()
@@ -231,7 +236,8 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
         collector(registry=registry)
     registry.register(ServingState(service))
     served = service.catalog.models
-    metrics = InferenceMetrics(registry, list(served), [name for name, model in served.items() if model.is_detector])
+    metrics = InferenceMetrics(registry, {name: (model.engine, model.precision) for name, model in served.items()},
+                               [name for name, model in served.items() if model.is_detector])
     service.observers.append(MetricsObserver(metrics))
 
     instrumentator = Instrumentator(

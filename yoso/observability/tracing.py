@@ -68,8 +68,9 @@ def tracer_provider(settings: Settings) -> TracerProvider:
 class TracingObserver:
     """An InferenceObserver that adds the decode, inference and encode spans under the request's span."""
 
-    def __init__(self, tracer: trace.Tracer) -> None:
+    def __init__(self, tracer: trace.Tracer, runtimes: dict[str, tuple[str, str]]) -> None:
         self.tracer = tracer
+        self.runtimes = runtimes  # each model's (engine, precision)
 
     def image_done(self, model: str, endpoint: str, confidence: float, image: JobOutcome,
                    task: TaskOutcome) -> None:
@@ -78,8 +79,7 @@ class TracingObserver:
         self._stage("queue", image.queue)
         self._stage("decode", image.decode)
         attributes = {
-            "yoso.model": model,
-            "yoso.model.version": task.version,
+            **self._model(model, task),
             "yoso.confidence": confidence,
             "yoso.image.width": image.width,
             "yoso.image.height": image.height,
@@ -94,9 +94,13 @@ class TracingObserver:
         if not trace.get_current_span().is_recording():
             return
         self._stage("queue", job.queue)
-        self._model_steps(task, {"yoso.model": model, "yoso.model.version": task.version,
-                                 "yoso.instances": len(job.predictions or ()),
+        self._model_steps(task, {**self._model(model, task), "yoso.instances": len(job.predictions or ()),
                                  "yoso.batch_size": len(task.jobs)})
+
+    def _model(self, model: str, task: TaskOutcome) -> dict[str, str | int]:
+        engine, precision = self.runtimes.get(model, ("", ""))
+        return {"yoso.model": model, "yoso.model.version": task.version, "yoso.model.engine": engine,
+                "yoso.model.precision": precision}
 
     def _model_steps(self, task: TaskOutcome, attributes: Attributes) -> None:
         """An `inference` span for the model's whole run on the batch, with a child span per step of its class
@@ -130,7 +134,8 @@ class TracingObserver:
 
 def install_tracing(app: FastAPI, settings: Settings, service: InferenceService, skip_paths: tuple[str, ...]) -> None:
     provider = tracer_provider(settings)
-    service.observers.append(TracingObserver(provider.get_tracer(__name__, __version__)))
+    runtimes = {name: (served.engine, served.precision) for name, served in service.catalog.models.items()}
+    service.observers.append(TracingObserver(provider.get_tracer(__name__, __version__), runtimes))
     excluded = ",".join(rf"^[a-z]+://[^/]+{re.escape(path)}$" for path in skip_paths)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=excluded,
                                        exclude_spans=["receive", "send"])

@@ -86,6 +86,22 @@ class ServedModel:
             return f"{self.entry.target}.unavailable() raised {type(error).__name__}: {error}"
 
     @property
+    def engine(self) -> str:
+        """What runs it: the class's `engine` (the zoo's: openvino or opencv), or "" when it declares none."""
+        return str(getattr(self.cls, "engine", "") or "")
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic it runs in (f32, bf16), when its class declares `precision`."""
+        return str(getattr(self.cls, "precision", "") or "")
+
+    @property
+    def described(self) -> str:
+        """Its version and what runs it, for a log line: "version 2, openvino f32"."""
+        return ", ".join(part for part in (f"version {self.entry.version}", f"{self.engine} {self.precision}".strip())
+                         if part)
+
+    @property
     def labels(self) -> list[str] | None:
         labels = getattr(self.cls, "labels", None)
         return list(labels) if labels else None

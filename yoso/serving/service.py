@@ -129,7 +129,7 @@ class InferenceService:
         if self.admission.closed is Reason.starting:
             self.admission.closed = None
             log.info("ready: %d workers, models %s", self.pool.size, ", ".join(
-                f"{name} (version {self.catalog.models[name].entry.version})" for name in self.catalog.preload))
+                f"{name} ({self.catalog.models[name].described})" for name in self.catalog.preload))
         if self.settings.model_poll_s > 0:
             self._watching = asyncio.ensure_future(self._watch(self.settings.model_poll_s))
 
@@ -249,7 +249,7 @@ class InferenceService:
             statuses.append(ModelStatus(
                 name, served.unavailable() is None, loaded_by > 0, loaded_by, len(labels) if labels else None,
                 download() if download else 0, served.kind.value, served.entry.target, served.entry.version,
-                self.versions.available(name)))
+                self.versions.available(name), served.engine, served.precision))
         return statuses
 
     def model_ready(self, name: str) -> bool:
