@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODELS := yolov3-tiny yolov4-tiny
 
-.PHONY: run dev test install install-dev models system-deps bench clean
+.PHONY: run dev test install install-dev models system-deps bench bench-engines clean
 
 run: models
 	$(PY) -m yoso.server
@@ -17,6 +17,9 @@ test: install-dev models system-deps
 
 bench: models
 	$(PY) -m bench --markdown
+
+bench-engines: models
+	$(PY) -m bench.engines --markdown
 
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev

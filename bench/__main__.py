@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import operator
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ from bench.host import StealMeter
 from tests.live_server import LiveServer
 from bench.load import LoadResult, closed_loop, open_loop
 from bench.raw import nets_per_core, one_net_all_cores, single_image_latency_ms
+from bench.report import Target, markdown_targets, percent, standard_json, worst
 from yoso.config import load_settings
 from yoso.model.store import ModelStore
 from yoso.model.zoo import ZOO
@@ -39,7 +39,6 @@ ENDPOINT = "/count_objects"
 PLAIN_CLIENTS = (1, 4, 8, 32, 128)
 POLITE_CLIENTS = (32, 128)
 OPEN_LOOP_LOADS = (0.5, 0.8, 1.0, 2.0)  # x the raw limit
-_COMPARE = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
 
 
 @dataclass(frozen=True)
@@ -59,23 +58,11 @@ PHASES = ([Phase(f"plain, {n} client{'s' * (n > 1)}", "plain", n) for n in PLAIN
           + [Phase(f"open loop, {load:g} x raw", "poisson", load) for load in OPEN_LOOP_LOADS])
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    value: float
-    op: str
-    bound: float
-
-    @property
-    def met(self) -> bool:
-        return _COMPARE[self.op](self.value, self.bound)
-
-
 def _row(phase: Phase, result: LoadResult, ratios: list[float], steal: list[float]) -> dict:
     return {
         "phase": phase.label, "client": phase.client, "load": phase.load,
         "images_per_s": result.images_per_s, "x_raw": statistics.median(ratios), "x_raw_rounds": ratios,
-        "host_steal": _worst(steal), "host_steal_rounds": steal,
+        "host_steal": worst(steal), "host_steal_rounds": steal,
         "p50_ms": result.ok_ms(0.50), "p99_ms": result.ok_ms(0.99),
         "refused": result.refused, "refused_share": result.refused_share, "refusal_p99_ms": result.refused_ms(0.99),
         "errors": result.errors, "error_statuses": dict(result.error_statuses),
@@ -87,16 +74,7 @@ def _echo_row(row: dict) -> None:
     click.echo(f"  {row['phase']:26s} {row['images_per_s']:5.1f} img/s ({row['x_raw']:.2f} x raw)  p50 "
                f"{row['p50_ms']:6.0f}  p99 {row['p99_ms']:6.0f} ms  refused {row['refused']:6d} "
                f"({row['refused_share']:6.1%}), p99 {row['refusal_p99_ms']:7.1f} ms  host stole "
-               f"{_percent(row['host_steal'])}{errors}")
-
-
-def _worst(shares: list[float]) -> float:
-    """The largest share the host stole in any round (NaN where the kernel does not say)."""
-    return max((share for share in shares if not math.isnan(share)), default=math.nan)
-
-
-def _percent(share: float) -> str:
-    return "?" if math.isnan(share) else f"{share:.0%}"
+               f"{percent(row['host_steal'])}{errors}")
 
 
 def _markdown(rows: list[dict], raw_limit: float, raw_steal: float, latency_ms: float, header: str) -> str:
@@ -108,19 +86,12 @@ def _markdown(rows: list[dict], raw_limit: float, raw_steal: float, latency_ms: 
              "| host stole |",
              "|---|---|---|---|---|---|---|---|---|",
              f"| raw limit: decode + detect in-process, best layout | {raw_limit:.1f} | 1 "
-             f"| {latency_ms:.0f} (one image) | | | | | {_percent(raw_steal)} |"]
+             f"| {latency_ms:.0f} (one image) | | | | | {percent(raw_steal)} |"]
     for row in rows:
         refused = f"{row['refused']} ({row['refused_share']:.1%})" if row["refused"] else "0"
         lines.append(f"| {row['phase']} | {row['images_per_s']:.1f} | {row['x_raw']:.2f} | {ms(row['p50_ms'])} | "
                      f"{ms(row['p99_ms'])} | {refused} | {ms(row['refusal_p99_ms'])} | {row['errors']} "
-                     f"| {_percent(row['host_steal'])} |")
-    return "\n".join(lines)
-
-
-def _markdown_targets(checks: list[Target]) -> str:
-    lines = ["| target | measured | bound | |", "|---|---|---|---|"]
-    lines += [f"| {check.name} | {check.value:.4g} | {check.op} {check.bound:g} | {'met' if check.met else 'MISSED'} |"
-              for check in checks]
+                     f"| {percent(row['host_steal'])} |")
     return "\n".join(lines)
 
 
@@ -139,17 +110,6 @@ def _targets(rows: dict[str, dict], latency_ms: float, budget_s: float, task_ms:
     targets.append(Target("plain, 1 client: p50 - raw one-image latency (ms)", plain[1]["p50_ms"] - latency_ms,
                           "<=", 10))
     return targets
-
-
-def _standard_json(value: object) -> object:
-    """NaN (a quantile of nothing, e.g. no request refused) becomes null: JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _standard_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_standard_json(item) for item in value]
-    return value
 
 
 @click.command()
@@ -204,16 +164,16 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
                 raw_run()
                 latencies_ms.append(single_image_latency_ms(model, files, images, threads=cores))
                 click.echo(f"round {n + 1}: raw {raw_runs[-1]:.1f} img/s, one image {latencies_ms[-1]:.1f} ms, "
-                           f"host stole {_percent(raw_steal[-1])}")
+                           f"host stole {percent(raw_steal[-1])}")
                 for phase in PHASES:
                     with StealMeter() as meter:
                         results[phase].append(phase.run(live, image_paths, raw_runs[-1], seconds))
                     steal[phase].append(meter.share)
                     result = results[phase][-1]
                     click.echo(f"  {phase.label:26s} {result.images_per_s:5.1f} img/s, refused {result.refused}, "
-                               f"host stole {_percent(meter.share)}")
+                               f"host stole {percent(meter.share)}")
             raw_run()
-            click.echo(f"closing raw run: {raw_runs[-1]:.1f} img/s, host stole {_percent(raw_steal[-1])}")
+            click.echo(f"closing raw run: {raw_runs[-1]:.1f} img/s, host stole {percent(raw_steal[-1])}")
         finally:
             live.stop()
 
@@ -224,7 +184,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
             for phase in PHASES]
     click.echo(f"raw limit (best layout, median of {len(raw_runs)} runs): {raw_limit:.1f} img/s; one image, "
                f"1 net x {cores} threads: {latency_ms:.1f} ms (median of rounds); host stole up to "
-               f"{_percent(_worst(raw_steal))}")
+               f"{percent(worst(raw_steal))}")
     click.echo(f"server over HTTP, {ENDPOINT} (rounds pooled; x raw: median of the rounds):")
     for row in rows:
         _echo_row(row)
@@ -239,8 +199,8 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
     if markdown:
         header = (f"`python -m bench --rounds {rounds} --seconds {seconds:g}` on {when}: {model}, {workers} "
                   f"workers, {machine}, wait budget {budget_s:g} s.")
-        click.echo(_markdown(rows, raw_limit, _worst(raw_steal), latency_ms, header))
-        click.echo("\n" + _markdown_targets(checks))
+        click.echo(_markdown(rows, raw_limit, worst(raw_steal), latency_ms, header))
+        click.echo("\n" + markdown_targets(checks))
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "model": model, "workers": workers,
         "seconds_per_phase": seconds, "rounds": rounds, "budget_s": budget_s,
@@ -251,7 +211,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
         "targets": [asdict(check) | {"met": check.met} for check in checks],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_standard_json(report), indent=2, allow_nan=False))
+    out.write_text(json.dumps(standard_json(report), indent=2, allow_nan=False))
     click.echo(f"figures written to {out}")
 
 

@@ -1,4 +1,5 @@
-"""The raw limit: decode + detect in-process, no HTTP, no queue, with the best layout of the cores."""
+"""The raw limit: decode + detect in-process, no HTTP, no queue, with the best layout of the cores, on one engine
+at one precision (by default the settings', YOSO_ENGINE and YOSO_INFERENCE_PRECISION's, as the server runs)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from dataclasses import dataclass
 import cv2
 
 from yoso import imaging
+from yoso.config import load_settings, precision_in_use
 from yoso.model.detector import DetectionModel
-from yoso.model.store import ModelFiles
+from yoso.model.engines import open_engine
+from yoso.model.store import ModelFiles, read_labels
+from yoso.model.zoo import ZOO
 
 
 @dataclass(frozen=True)
@@ -20,9 +24,21 @@ class RawResult:
     images_per_s: float
 
 
-def _load(name: str, files: ModelFiles, threads: int) -> DetectionModel:
+def default_engine() -> tuple[str, str]:
+    """The engine and the precision the server runs with these settings."""
+    settings = load_settings()
+    return settings.engine.value, precision_in_use(settings)[0].value
+
+
+def load_model(name: str, files: ModelFiles, threads: int, engine: str | None = None,
+               precision: str | None = None) -> DetectionModel:
+    """The model on `engine` at `precision` (default: the settings'), on `threads` cores, warmed up."""
+    if engine is None or precision is None:
+        engine, precision = default_engine()
     cv2.setNumThreads(threads)
-    model = DetectionModel(name, files)
+    model = DetectionModel(name, open_engine(engine, precision, files), read_labels(files.names),
+                           ZOO[name].input_size if name in ZOO else 416)
+    model.engine.set_threads(threads)
     model.warm_up()
     return model
 
@@ -35,9 +51,10 @@ def _loop(model: DetectionModel, images: list[bytes], seconds: float) -> int:
     return done
 
 
-def single_image_latency_ms(name: str, files: ModelFiles, images: list[bytes], threads: int, runs: int = 40) -> float:
+def single_image_latency_ms(name: str, files: ModelFiles, images: list[bytes], threads: int, runs: int = 40,
+                            engine: str | None = None, precision: str | None = None) -> float:
     """Median decode + detect time of one image on one net using `threads` cores."""
-    model = _load(name, files, threads)
+    model = load_model(name, files, threads, engine, precision)
     timings = []
     for i in range(runs):
         started = time.perf_counter()
@@ -46,25 +63,28 @@ def single_image_latency_ms(name: str, files: ModelFiles, images: list[bytes], t
     return statistics.median(timings) * 1000
 
 
-def one_net_all_cores(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float) -> RawResult:
-    model = _load(name, files, cores)
+def one_net_all_cores(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float,
+                      engine: str | None = None, precision: str | None = None) -> RawResult:
+    model = load_model(name, files, cores, engine, precision)
     started = time.perf_counter()
     done = _loop(model, images, seconds)
     return RawResult(f"1 net x {cores} threads", done / (time.perf_counter() - started))
 
 
-def _process_main(name: str, files: ModelFiles, images: list[bytes], seconds: float, start, results) -> None:
-    model = _load(name, files, 1)
+def _process_main(name: str, files: ModelFiles, images: list[bytes], seconds: float, engine: str | None,
+                  precision: str | None, start, results) -> None:
+    model = load_model(name, files, 1, engine, precision)
     start.wait()
     results.put(_loop(model, images, seconds))
 
 
-def nets_per_core(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float) -> RawResult:
+def nets_per_core(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float,
+                  engine: str | None = None, precision: str | None = None) -> RawResult:
     """One single-threaded net per core, each in its own process."""
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(cores + 1), context.Queue()
-    processes = [context.Process(target=_process_main, args=(name, files, images, seconds, start, results))
-                 for _ in range(cores)]
+    job = (name, files, images, seconds, engine, precision, start, results)
+    processes = [context.Process(target=_process_main, args=job) for _ in range(cores)]
     for process in processes:
         process.start()
     start.wait()

@@ -1,9 +1,11 @@
-"""`python -m bench` runs end to end and writes its figures. Speed targets are read from its output
-by people, never asserted here: these machines are too noisy for timed tests."""
+"""`python -m bench` and `python -m bench.engines` run end to end and write their figures. Speed targets are
+read from their output by people, never asserted here: these machines are too noisy for timed tests. That every
+row and every target is measured and printed is asserted."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -39,3 +41,53 @@ def test_the_benchmark_measures_raw_and_every_kind_of_load_and_writes_json_and_m
     for markdown in ("| load | images/s | x raw limit |", "| host stole |", "| plain, 128 clients |",
                      "| target | measured | bound | |"):
         assert markdown in result.stdout
+
+
+ENGINES = ["opencv f32", "openvino f32", "openvino bf16"]
+STAGES = ["decode", "resize + blob", "inference", "post-processing"]
+
+
+def _engine_targets(measured: list[str], clients: int) -> list[str]:
+    names = []
+    for engine in ("openvino f32", "openvino bf16"):
+        if engine in measured:
+            names += [f"inference alone, 1 thread: {engine} images/s / opencv's",
+                      f"server, {clients} plain clients: {engine} goodput / opencv's",
+                      f"lone request p50: {engine} / opencv's"]
+    return names + [f"server, {clients} plain clients: {engine} goodput / its raw limit" for engine in measured]
+
+
+def test_the_engine_benchmark_measures_every_engine_raw_and_served_and_prints_every_row_and_target(model_store,
+                                                                                                  tmp_path):
+    out = tmp_path / "engines.json"
+    result = subprocess.run([sys.executable, "-m", "bench.engines", "--seconds", "0.5", "--out", str(out),
+                             "--markdown"], cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert "NaN" not in out.read_text()
+    report = json.loads(out.read_text())
+    rows, skipped = report["engines"], report["not_run"]
+    assert list(rows) + list(skipped) == ENGINES  # bf16 is the only one a CPU may not run, and says why
+    assert "opencv f32" in rows and "openvino f32" in rows
+    for engine, why in skipped.items():
+        assert why and f"{engine}: not run: {why}" in result.stdout
+    for engine, row in rows.items():
+        assert result.stdout.count(f"| {engine} |") == 2  # the engines' table and the one of a request's time
+        assert row["errors"] == 0 and row["refused"] == 0, row
+        assert row["inference_images_per_s"] > 0 and row["inference_ms"] > 0
+        assert row["raw_limit_images_per_s"] > 0 and len(row["raw_layouts"]) == 2
+        assert row["goodput_images_per_s"] > 0 and row["lone_p50_ms"] > 0
+        assert len(row["worker_rss_served_mb"]) == report["workers"], row  # every worker, not the resource tracker
+        assert all(50 < rss < 4000 for rss in row["worker_rss_ready_mb"] + row["worker_rss_served_mb"]), row
+        assert list(row["stages_ms"]) == STAGES and all(ms > 0 for ms in row["stages_ms"].values()), row
+        assert 0 <= row["host_steal"] <= 1 and 0 <= row["others_cpu"] <= 1, row
+        assert abs(row["http_front_ms"] - (row["lone_p50_ms"] - sum(row["stages_ms"].values()))) < 1e-6
+    assert rows["opencv f32"]["inference_x_opencv"] == rows["opencv f32"]["goodput_x_opencv"] == 1
+    names = _engine_targets(list(rows), report["clients"])
+    assert [target["name"] for target in report["targets"]] == names
+    for target in report["targets"]:
+        verdict = "met" if target["met"] else "MISSED"
+        assert re.search(rf"^  {verdict} +{re.escape(target['name'])}: ", result.stdout, re.MULTILINE), target
+        assert f"| {target['name']} |" in result.stdout
+    for header in ("| engine | inference alone ms (1 thread) |", "| engine | decode | resize + blob | inference |",
+                   "| target | measured | bound | |"):
+        assert header in result.stdout
