@@ -28,10 +28,11 @@ from bench.engine_runs import CLIENTS_PER_WORKER, EngineRun, run_engine
 from bench.host import StealMeter
 from bench.others import OthersMeter
 from bench.report import Target, markdown_targets, percent, standard_json, worst
-from bench.stages import STAGES, InferenceTiming, blob_of, inference_alone
+from bench.stages import STAGES, InferenceTiming, inference_alone
 from yoso import imaging
 from yoso.config import load_settings, precision_in_use
 from yoso.cores import available_cores
+from yoso.model.detector import blob_of
 from yoso.model.engines import open_engine
 from yoso.model.store import ModelFiles, ModelStore
 from yoso.model.zoo import ZOO
@@ -54,9 +55,11 @@ def inference_alone_of(model: str, files: ModelFiles, image: bytes, seconds: flo
                        runnable: list[tuple[str, str]]) -> tuple[dict[str, InferenceTiming], float, float]:
     """Inference alone of every runnable engine, in this process and in turns, and what the host's hypervisor
     and the machine's other processes took meanwhile (their shares of the CPU)."""
-    engines = {f"{engine} {precision}": open_engine(engine, precision, files) for engine, precision in runnable}
+    input_size = ZOO[model].input_size
+    engines = {f"{engine} {precision}": open_engine(engine, precision, files, input_size)
+               for engine, precision in runnable}
     with StealMeter() as steal, OthersMeter() as others:
-        alone = inference_alone(engines, blob_of(imaging.decode(image), ZOO[model].input_size), seconds)
+        alone = inference_alone(engines, blob_of([imaging.decode(image)], input_size), seconds)
     return alone, steal.share, others.share  # the engines and their threads go on return
 
 

@@ -36,8 +36,9 @@ def load_model(name: str, files: ModelFiles, threads: int, engine: str | None = 
     if engine is None or precision is None:
         engine, precision = default_engine()
     cv2.setNumThreads(threads)
-    model = DetectionModel(name, open_engine(engine, precision, files), read_labels(files.names),
-                           ZOO[name].input_size if name in ZOO else 416)
+    input_size = ZOO[name].input_size if name in ZOO else 416
+    model = DetectionModel(name, open_engine(engine, precision, files, input_size), read_labels(files.names),
+                           input_size)
     model.engine.set_threads(threads)
     model.warm_up()
     return model

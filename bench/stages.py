@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from yoso import imaging
-from yoso.model.detector import BLOB_SCALE, DetectionModel
+from yoso.model.detector import DetectionModel, blob_of
 from yoso.model.engines import Engine
 from yoso.model.store import ModelFiles
 
@@ -34,11 +34,6 @@ class InferenceTiming:
     runs: int
     median_ms: float
     images_per_s: float  # runs / the time they took
-
-
-def blob_of(image: np.ndarray, input_size: int) -> np.ndarray:
-    """The network's input for one BGR image, exactly as DetectionModel.detect makes it."""
-    return cv2.dnn.blobFromImages([image], BLOB_SCALE, (input_size, input_size), (0, 0, 0), True, crop=False)
 
 
 def inference_alone(engines: dict[str, Engine], blob: np.ndarray, seconds: float) -> dict[str, InferenceTiming]:
@@ -71,12 +66,11 @@ def request_stages(model: DetectionModel, images: list[bytes], threads: int, pas
             marks = [time.perf_counter()]
             image = imaging.decode(data)
             marks.append(time.perf_counter())
-            blob = blob_of(image, model.input_size)
+            blob = blob_of([image], model.input_size)
             marks.append(time.perf_counter())
             outputs = model.engine.forward(blob)
             marks.append(time.perf_counter())
-            # DetectionModel.detect's own post-processing of one image, timed apart from the forward pass
-            model._postprocess([out[0] for out in outputs], image.shape[:2], confidence)
+            model.postprocess([out[0] for out in outputs], image.shape[:2], confidence)
             marks.append(time.perf_counter())
             for stage, start, end in zip(STAGES, marks, marks[1:]):
                 timings[stage].append(end - start)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -17,12 +19,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from tests.support import DATA, SAMPLE_IMAGES
+from tests.support import DATA, ROOT, SAMPLE_IMAGES
 from yoso.cli import main as yoso_cli
 from yoso.model.darknet import onnx_path
 from yoso.model.darknet_onnx import ConversionError, convert
 from yoso.model.engines import OpenCVEngine, OpenVINOEngine
-from yoso.model.onnx_file import convert_files, converted, onnx_of, write_onnx
+from yoso.model.onnx_file import convert_files, onnx_for, onnx_on_disk, write_onnx
 from yoso.model.store import ModelFiles
 from yoso.model.zoo import TINY_MODELS, ZOO
 
@@ -36,8 +38,8 @@ def _blob(images: list[np.ndarray], size: int) -> np.ndarray:
 
 
 def _assert_same_maps(files: ModelFiles, blob: np.ndarray) -> None:
-    expected = OpenCVEngine(files).forward(blob)
-    found = OpenVINOEngine(onnx_of(files.cfg, files.weights), "f32").forward(blob)
+    expected = OpenCVEngine(files).forward(blob)  # OpenCV runs the network at the blob's size
+    found = OpenVINOEngine(onnx_for(files.cfg, files.weights, blob.shape[-1]), "f32").forward(blob)
     assert [m.shape for m in found] == [m.shape for m in expected]
     for ours, theirs in zip(found, expected):
         np.testing.assert_allclose(ours, theirs, rtol=RELATIVE, atol=ABSOLUTE)
@@ -49,11 +51,12 @@ def test_the_zoos_raw_maps_equal_opencvs_on_a_batch_of_every_test_image(model_st
     _assert_same_maps(model_store.files(ZOO[name]), _blob(images, 416))
 
 
-# Every layer kind of the full yolov3 and yolov4 cfgs, small: 64x64 in, two yolo heads of 2 classes.
+# Every layer kind of the full yolov3 and yolov4 cfgs, small, with two yolo heads of 2 classes. Like theirs
+# (608), its cfg names another size (96) than the one it is served at (64).
 NETWORK = """
 [net]
-width=64
-height=64
+width=96
+height=96
 channels=3
 
 [convolutional]
@@ -188,36 +191,43 @@ def network(tmp_path) -> ModelFiles:
     return ModelFiles(cfg, weights, tmp_path / "tiny-net.names")
 
 
-def test_every_layer_kind_of_the_full_models_gives_opencvs_maps(network):
+def test_every_layer_kind_of_the_full_models_gives_opencvs_maps_at_the_size_served_not_the_cfgs(network):
     images = [cv2.imread(str(DATA / image)) for image in ("dog_person_horse.jpg", "fruits.jpg")]
     _assert_same_maps(network, _blob(images, 64))
 
 
-def test_the_same_files_convert_to_the_same_bytes(network):
-    assert convert_files(network.cfg, network.weights) == convert_files(network.cfg, network.weights)
+def test_the_same_files_convert_to_the_same_bytes_in_any_process(network):
+    here = convert_files(network.cfg, network.weights, 64)
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", "import hashlib, sys; from pathlib import Path; from yoso.model.onnx_file import "
+         "convert_files; print(hashlib.sha256(convert_files(Path(sys.argv[1]), Path(sys.argv[2]), 64)).hexdigest())",
+         str(network.cfg), str(network.weights)], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+    assert hashlib.sha256(here).hexdigest() == elsewhere
 
 
 def test_the_file_names_its_sources_and_is_written_atomically_beside_them(network):
-    target = write_onnx(network.cfg, network.weights)
+    target = write_onnx(network.cfg, network.weights, 64)
     assert target == onnx_path(network.cfg) == network.cfg.with_name("tiny-net.onnx")
     assert sorted(path.name for path in target.parent.iterdir()) == ["tiny-net.cfg", "tiny-net.onnx",
                                                                      "tiny-net.weights"]  # no .part left
     props = {p.key: p.value for p in onnx.load(str(target)).metadata_props}
     assert props["darknet_weights_sha256"] == hashlib.sha256(network.weights.read_bytes()).hexdigest()
-    assert converted(network.cfg, network.weights) == target.read_bytes()
+    assert props["input_size"] == "64"
+    assert onnx_on_disk(network.cfg, network.weights, 64) == target.read_bytes()
     written = target.stat().st_mtime_ns
-    assert write_onnx(network.cfg, network.weights) == target and target.stat().st_mtime_ns == written
+    assert write_onnx(network.cfg, network.weights, 64) == target and target.stat().st_mtime_ns == written
 
 
 def test_a_file_that_is_not_the_conversion_of_the_files_beside_it_is_not_used(network, tmp_path):
-    write_onnx(network.cfg, network.weights)
+    write_onnx(network.cfg, network.weights, 64)
+    assert onnx_on_disk(network.cfg, network.weights, 96) is None  # made for another input size
     network.weights.write_bytes(_weights(seed=8))  # new weights, same size: the old file no longer applies
-    assert converted(network.cfg, network.weights) is None
-    assert onnx_of(network.cfg, network.weights) == convert_files(network.cfg, network.weights)
+    assert onnx_on_disk(network.cfg, network.weights, 64) is None
+    assert onnx_for(network.cfg, network.weights, 64) == convert_files(network.cfg, network.weights, 64)
     onnx_path(network.cfg).write_bytes(b"not an onnx file")
-    assert converted(network.cfg, network.weights) is None
-    write_onnx(network.cfg, network.weights)
-    assert converted(network.cfg, network.weights) is not None
+    assert onnx_on_disk(network.cfg, network.weights, 64) is None
+    write_onnx(network.cfg, network.weights, 64)
+    assert onnx_on_disk(network.cfg, network.weights, 64) is not None
 
 
 def test_weights_one_value_short_or_long_are_refused(network):
@@ -226,6 +236,8 @@ def test_weights_one_value_short_or_long_are_refused(network):
         convert(NETWORK, weights[:-4])
     with pytest.raises(ConversionError, match="holds .* values; the cfg uses"):
         convert(NETWORK, weights + b"\0\0\0\0")
+    with pytest.raises(ConversionError, match="too short to hold a Darknet header"):
+        convert(NETWORK, weights[:16])
 
 
 @pytest.mark.parametrize(("cfg", "message"), [
@@ -234,6 +246,8 @@ def test_weights_one_value_short_or_long_are_refused(network):
     (NETWORK.replace("filters=21", "filters=20"), "takes 20 channels"),
     ("[convolutional]\nfilters=8\n", "does not start with a \\[net\\]"),
     (NETWORK.replace("classes=2\nnum=6\n", "num=6\n"), "malformed"),
+    (NETWORK.replace("layers=-1,4", "layers=-1,-40"), "names layer -40, which is not an earlier layer"),
+    (NETWORK.replace("scale_x_y=1.05", "new_coords=1"), "new_coords or nms_threshold"),
 ])
 def test_a_network_it_cannot_write_exactly_is_refused_with_the_reason(network, cfg, message):
     with pytest.raises(ConversionError, match=message):
@@ -247,6 +261,6 @@ def test_yoso_models_convert_writes_the_onnx_of_a_users_model(network, tmp_path)
     shutil.copy(network.weights, version / "yolo-mine.weights")
     result = CliRunner().invoke(yoso_cli, ["models", "convert", str(cfg)])
     assert result.exit_code == 0, result.output
-    assert (version / "yolo-mine.onnx").read_bytes() == convert_files(Path(cfg), version / "yolo-mine.weights")
+    assert (version / "yolo-mine.onnx").read_bytes() == convert_files(Path(cfg), version / "yolo-mine.weights", 416)
     refused = CliRunner().invoke(yoso_cli, ["models", "convert", str(network.cfg), "--weights", str(cfg)])
     assert refused.exit_code != 0 and "cannot convert" in str(refused.exception or refused.output)

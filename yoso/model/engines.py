@@ -52,8 +52,9 @@ class OpenCVEngine:
 
 
 class OpenVINOEngine:
-    """OpenVINO's CPU plugin on the ONNX conversion, compiled once for each thread count it is asked for (the
-    threads of a compiled model are fixed). bf16 runs the convolutions on AMX or AVX512-BF16."""
+    """OpenVINO's CPU plugin on the ONNX conversion, compiled for each thread count it is asked for, when first
+    asked (the threads of a compiled model are fixed; a worker asks for two at most: a lone task's and a busy
+    one's, both while it loads). bf16 runs the convolutions on AMX or AVX512-BF16."""
 
     name = OPENVINO
 
@@ -64,7 +65,7 @@ class OpenVINOEngine:
         self._core = openvino.Core()
         self._model = self._core.read_model(io.BytesIO(onnx))
         self._requests: dict[int, openvino.InferRequest] = {}  # by thread count
-        self.set_threads(1)
+        self._request: openvino.InferRequest | None = None
 
     def set_threads(self, count: int) -> None:
         if count not in self._requests:
@@ -78,17 +79,19 @@ class OpenVINOEngine:
         self._request = self._requests[count]
 
     def forward(self, blob: np.ndarray) -> list[np.ndarray]:
+        if self._request is None:
+            self.set_threads(1)
         results = self._request.infer({0: blob})
         return list(results.values())
 
 
-def open_engine(name: str, precision: str, files: ModelFiles) -> Engine:
-    """The engine `name` on these files; OpenVINO runs their ONNX conversion (the file `yoso models pull`
-    wrote beside them, or converted now when there is none)."""
+def open_engine(name: str, precision: str, files: ModelFiles, input_size: int) -> Engine:
+    """The engine `name` on these files, for `input_size` square images; OpenVINO runs their ONNX conversion
+    (the file `yoso models pull` wrote beside them, or converted now when there is none)."""
     if name == OPENCV:
         return OpenCVEngine(files)
     if name == OPENVINO:
-        from yoso.model.onnx_file import onnx_of
+        from yoso.model.onnx_file import onnx_for
 
-        return OpenVINOEngine(onnx_of(files.cfg, files.weights), precision)
+        return OpenVINOEngine(onnx_for(files.cfg, files.weights, input_size), precision)
     raise ValueError(f"unknown engine {name!r}: {OPENCV} or {OPENVINO}")

@@ -30,13 +30,18 @@ def _store() -> ModelStore:
     return ModelStore(load_settings().model_dir)
 
 
+def _runs_on() -> tuple[str, str]:
+    """The engine and precision the settings choose: read once, as the zoo's classes are defined."""
+    settings = load_settings()
+    return settings.engine.value, precision_in_use(settings)[0].value
+
+
 class Yolo(Detector):
     """A model of the zoo; subclasses name which."""
 
     spec: ClassVar[ModelSpec]
     labels = read_labels(BUNDLED_LABELS)  # every model of the zoo is trained on COCO's 80 classes
-    engine: ClassVar[str]  # yoso.config.EngineName's value
-    precision: ClassVar[str]  # the one it runs at (yoso.config.precision_in_use)
+    engine, precision = _runs_on()  # YOSO_ENGINE, and the precision it runs (yoso.config.precision_in_use)
 
     def __init__(self) -> None:
         self._model: DetectionModel | None = None
@@ -91,7 +96,7 @@ class Yolo(Detector):
             names = next((path for path in (directory / f"{self.name}.names", directory / "coco.names")
                           if path.is_file()), BUNDLED_LABELS)
             files = ModelFiles(cfg, weights, names)
-        engine = open_engine(self.engine, self.precision, files)
+        engine = open_engine(self.engine, self.precision, files, self.spec.input_size)
         self._model = DetectionModel(self.name, engine, read_labels(files.names), self.spec.input_size)
 
     def set_threads(self, count: int) -> None:
@@ -104,12 +109,8 @@ class Yolo(Detector):
 
 
 def _zoo_class(class_name: str, model: str) -> type[Yolo]:
-    """The class of one model of the zoo, named for imports (`yoso.model.yolo:Yolov3Tiny`), on the engine and
-    precision the settings choose."""
-    settings = load_settings()
+    """The class of one model of the zoo, named for imports (`yoso.model.yolo:Yolov3Tiny`)."""
     return type(class_name, (Yolo,), {"name": model, "spec": ZOO[model], "__module__": __name__,
-                                      "engine": settings.engine.value,
-                                      "precision": precision_in_use(settings)[0].value,
                                       "__doc__": f"{model}, from the cvlib zoo."})
 
 

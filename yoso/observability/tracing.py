@@ -79,7 +79,7 @@ class TracingObserver:
         self._stage("queue", image.queue)
         self._stage("decode", image.decode)
         attributes = {
-            **self._model(model, task),
+            **self._model_attributes(model, task),
             "yoso.confidence": confidence,
             "yoso.image.width": image.width,
             "yoso.image.height": image.height,
@@ -94,10 +94,10 @@ class TracingObserver:
         if not trace.get_current_span().is_recording():
             return
         self._stage("queue", job.queue)
-        self._model_steps(task, {**self._model(model, task), "yoso.instances": len(job.predictions or ()),
+        self._model_steps(task, {**self._model_attributes(model, task), "yoso.instances": len(job.predictions or ()),
                                  "yoso.batch_size": len(task.jobs)})
 
-    def _model(self, model: str, task: TaskOutcome) -> dict[str, str | int]:
+    def _model_attributes(self, model: str, task: TaskOutcome) -> dict[str, str | int]:
         engine, precision = self.runtimes.get(model, ("", ""))
         return {"yoso.model": model, "yoso.model.version": task.version, "yoso.model.engine": engine,
                 "yoso.model.precision": precision}

@@ -45,8 +45,9 @@ class ModelCache:
     """The served model classes' instances, one per loaded version, each built, set up and warmed on first use
     (or when the server asks for a new version), then kept until the server drops that version."""
 
-    def __init__(self, entries: dict[str, ModelEntry]) -> None:
+    def __init__(self, entries: dict[str, ModelEntry], thread_counts: set[int]) -> None:
         self.entries = entries  # each model's serving version when the worker started
+        self.thread_counts = thread_counts  # what a task may ask for: a lone task's, a busy one's
         self.models: dict[tuple[str, int], LoadedModel] = {}
         self.setup_records: dict[str, list[tuple[str, float]]] = {}  # yoso.record in setup: sent with a first task
 
@@ -66,8 +67,14 @@ class ModelCache:
                              f"{type(error).__name__}: {why}") from error
         self.setup_records[entry.name] = take_records()
         model = LoadedModel(entry.name, instance)
-        if model.is_detector:
-            _warm_up(model)
+        if model.is_detector:  # at each thread count: an engine that compiles per count does it now, not in a task
+            threads = cv2.getNumThreads()
+            for count in sorted(self.thread_counts):
+                cv2.setNumThreads(count)
+                model.set_threads(count)
+                _warm_up(model)
+            cv2.setNumThreads(threads)
+            model.set_threads(threads)
             take_records()  # a blank image is no batch of the model's
         self.models[(entry.name, entry.version)] = model
         return time.perf_counter() - started
@@ -236,7 +243,7 @@ def serve(server: socket.socket, config: WorkerConfig) -> None:
         _yield_to_the_server()
     cv2.setNumThreads(config.cores)
     try:
-        _load_then_answer(server, ModelCache(config.models), config)
+        _load_then_answer(server, ModelCache(config.models, {config.busy_threads, config.cores}), config)
     except (EOFError, OSError):  # the server has finished with this worker, or is gone
         return
 
