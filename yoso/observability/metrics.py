@@ -236,7 +236,7 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
         collector(registry=registry)
     registry.register(ServingState(service))
     served = service.catalog.models
-    metrics = InferenceMetrics(registry, {name: (model.engine, model.precision) for name, model in served.items()},
+    metrics = InferenceMetrics(registry, service.catalog.runtimes(),
                                [name for name, model in served.items() if model.is_detector])
     service.observers.append(MetricsObserver(metrics))
 

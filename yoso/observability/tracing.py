@@ -134,8 +134,7 @@ class TracingObserver:
 
 def install_tracing(app: FastAPI, settings: Settings, service: InferenceService, skip_paths: tuple[str, ...]) -> None:
     provider = tracer_provider(settings)
-    runtimes = {name: (served.engine, served.precision) for name, served in service.catalog.models.items()}
-    service.observers.append(TracingObserver(provider.get_tracer(__name__, __version__), runtimes))
+    service.observers.append(TracingObserver(provider.get_tracer(__name__, __version__), service.catalog.runtimes()))
     excluded = ",".join(rf"^[a-z]+://[^/]+{re.escape(path)}$" for path in skip_paths)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=excluded,
                                        exclude_spans=["receive", "send"])

@@ -146,6 +146,10 @@ class Catalog:
     def entries(self) -> dict[str, ModelEntry]:
         return {name: served.entry for name, served in self.models.items()}
 
+    def runtimes(self) -> dict[str, tuple[str, str]]:
+        """What runs each model, (engine, precision), as far as its class declares them."""
+        return {name: (served.engine, served.precision) for name, served in self.models.items()}
+
 
 def accepts_directory(method: Callable[..., Any]) -> bool:
     """Whether a class's `setup` or `unavailable` takes the directory of a version (classes written before
