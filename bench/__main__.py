@@ -29,11 +29,9 @@ import cv2
 from bench.host import StealMeter
 from tests.live_server import LiveServer
 from bench.load import LoadResult, closed_loop, open_loop
-from bench.raw import nets_per_core, one_net_all_cores, single_image_latency_ms
+from bench.raw import installed_files, nets_per_core, one_net_all_cores, single_image_latency_ms
 from bench.report import Target, markdown_targets, percent, standard_json, worst
 from yoso.config import load_settings
-from yoso.model.store import ModelStore
-from yoso.model.zoo import ZOO
 
 ENDPOINT = "/count_objects"
 PLAIN_CLIENTS = (1, 4, 8, 32, 128)
@@ -128,9 +126,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
     Example: python -m bench --rounds 3 --seconds 6 --markdown
     """
     settings = load_settings()
-    files = ModelStore(settings.model_dir).files(ZOO[model])
-    if files is None:
-        raise click.ClickException(f"{model} is not installed: run `python -m yoso models pull {model}`")
+    files = installed_files(model)
     image_paths = sorted(image_dir.glob("*.jpg"))
     images = [path.read_bytes() for path in image_paths]
     cores = os.cpu_count() or 1

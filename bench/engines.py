@@ -27,6 +27,7 @@ import openvino
 from bench.engine_runs import CLIENTS_PER_WORKER, EngineRun, run_engine
 from bench.host import StealMeter
 from bench.others import OthersMeter
+from bench.raw import installed_files
 from bench.report import Target, markdown_targets, percent, standard_json, worst
 from bench.stages import STAGES, InferenceTiming, inference_alone
 from yoso import imaging
@@ -34,7 +35,7 @@ from yoso.config import load_settings, precision_in_use
 from yoso.cores import available_cores
 from yoso.model.detector import blob_of
 from yoso.model.engines import open_engine
-from yoso.model.store import ModelFiles, ModelStore
+from yoso.model.store import ModelFiles
 from yoso.model.zoo import ZOO
 
 ENGINES = (("opencv", "f32"), ("openvino", "f32"), ("openvino", "bf16"))
@@ -153,9 +154,7 @@ def main(model: str, image_dir: Path, seconds: float, out: Path, markdown: bool)
     """
     started = time.monotonic()
     settings = load_settings()
-    files = ModelStore(settings.model_dir).files(ZOO[model])
-    if files is None:
-        raise click.ClickException(f"{model} is not installed: run `python -m yoso models pull {model}`")
+    files = installed_files(model)
     image_paths = sorted(image_dir.glob("*.jpg"))
     images = [path.read_bytes() for path in image_paths]
     cores, workers = available_cores(), settings.workers  # the server's figures of both

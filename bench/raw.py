@@ -8,13 +8,15 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import click
 import cv2
 
 from yoso import imaging
-from yoso.config import load_settings, precision_in_use
+from yoso.config import load_settings
 from yoso.model.detector import DetectionModel
 from yoso.model.engines import open_engine
-from yoso.model.store import ModelFiles, read_labels
+from yoso.model.store import ModelFiles, ModelStore, read_labels
+from yoso.model.yolo import Yolo
 from yoso.model.zoo import ZOO
 
 
@@ -24,17 +26,19 @@ class RawResult:
     images_per_s: float
 
 
-def default_engine() -> tuple[str, str]:
-    """The engine and the precision the server runs with these settings."""
-    settings = load_settings()
-    return settings.engine.value, precision_in_use(settings)[0].value
+def installed_files(model: str) -> ModelFiles:
+    """The model's verified files in YOSO_MODEL_DIR, or a one-line error saying how to install it."""
+    files = ModelStore(load_settings().model_dir).files(ZOO[model])
+    if files is None:
+        raise click.ClickException(f"{model} is not installed: run `python -m yoso models pull {model}`")
+    return files
 
 
 def load_model(name: str, files: ModelFiles, threads: int, engine: str | None = None,
                precision: str | None = None) -> DetectionModel:
     """The model on `engine` at `precision` (default: the settings'), on `threads` cores, warmed up."""
-    if engine is None or precision is None:
-        engine, precision = default_engine()
+    if engine is None or precision is None:  # as the server runs them
+        engine, precision = Yolo.engine, Yolo.precision
     cv2.setNumThreads(threads)
     input_size = ZOO[name].input_size if name in ZOO else 416
     model = DetectionModel(name, open_engine(engine, precision, files, input_size), read_labels(files.names),
