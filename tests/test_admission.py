@@ -9,16 +9,8 @@ import asyncio
 
 import pytest
 
-from yoso.serving.admission import (
-    MIN_REFUSALS_PER_S,
-    REFUSAL_BURST_S,
-    Admission,
-    Reason,
-    Refused,
-    RefusalPace,
-    TaskTimes,
-    WaitMargin,
-)
+from yoso.serving.admission import MIN_REFUSALS_PER_S, Admission, Reason, Refused, TaskTimes, WaitMargin
+from yoso.serving.refusals import REFUSAL_BURST_S, RETRY_AFTER_S, RefusalPace, ReturningClients
 from yoso.serving.tasks import Running
 
 MODEL = "yolov3-tiny"
@@ -306,6 +298,43 @@ def test_refusals_go_at_once_under_twice_the_load_served_and_are_held_in_a_retry
     assert max(overload) == 0
     storm = [gate.refusal_delay_s() for _ in range(1000)]  # a thousand refusals in the same instant
     assert storm.count(0.0) <= 4 * capacity * REFUSAL_BURST_S + 1 and max(storm) == gate.budget_s
+
+
+def test_a_client_refused_again_within_its_retry_after_gets_that_refusal_when_it_is_up():
+    clock = Clock()
+    returning = ReturningClients(clock)
+    first, second = ("10.0.0.1", 5000), ("10.0.0.1", 5001)
+    assert returning.delay_s(first) == 0  # a first refusal goes at once
+    clock.now += 0.25
+    assert returning.delay_s(first) == pytest.approx(RETRY_AFTER_S - 0.25)  # straight back: the rest of it
+    assert returning.delay_s(second) == 0  # another connection is another client
+    clock.now += 0.25  # still before the held refusal has gone out: held a whole Retry-After past it
+    assert returning.delay_s(first) == pytest.approx(2 * RETRY_AFTER_S - 0.5)
+    clock.now += 3 * RETRY_AFTER_S  # it waited as told
+    assert returning.delay_s(first) == 0 and returning.delay_s(second) == 0
+
+
+def test_the_clients_remembered_are_bounded_and_forgotten_after_their_retry_after(monkeypatch):
+    clock = Clock()
+    returning = ReturningClients(clock)
+    monkeypatch.setattr(ReturningClients, "MAX_CLIENTS", 3)
+    for port in range(5):
+        returning.delay_s(("h", port))
+    assert len(returning._answered) == 3 and returning.delay_s(("h", 0)) == 0  # the oldest went first
+    clock.now += RETRY_AFTER_S + 0.01
+    returning.delay_s(("h", 9))
+    assert list(returning._answered) == [("h", 9)]
+
+
+def test_admission_holds_a_returning_clients_refusal_and_paces_the_others():
+    """A returning client is held whatever the rate; a request with no known client is paced only."""
+    clock = Clock()
+    gate = admission(clock, Workers(None, None), Queue())
+    client = ("127.0.0.1", 40000)
+    assert gate.refusal_delay_s(client) == 0
+    assert gate.refusal_delay_s(client) == RETRY_AFTER_S  # no time passed: the whole Retry-After
+    assert gate.refusal_delay_s() == 0 and gate.refusal_delay_s(("127.0.0.1", 40001)) == 0
+    assert gate.enter(MODEL, client=client).client == client  # the ticket carries it to a later refusal
 
 
 def test_a_held_refusal_is_counted_while_it_waits():

@@ -187,6 +187,39 @@ def test_past_the_queue_cap_requests_are_refused_whatever_the_budget(start):
     assert detect(live).json() == EXPECTED  # once the burst is over, the server serves again
 
 
+def test_a_client_that_resends_at_once_after_a_503_gets_the_next_one_when_its_retry_after_is_up(start):
+    """A plain keep-alive client refused, resending at once on its connection: its second refusal is held
+    until the Retry-After it was given is up (1 s), while a new connection's refusal goes at once. (A lower
+    bound on the held one; the others are answered in milliseconds, well inside the bound.)"""
+    live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="1", YOSO_MAX_QUEUE_WAIT_MS="60000")
+    [worker] = inference_workers(live.process.pid)
+    worker.suspend()
+    body, content_type = multipart(image_bytes(IMAGE))
+
+    def post(connection: http.client.HTTPConnection) -> tuple[int, str | None, float]:
+        started = time.monotonic()
+        connection.request("POST", "/count_objects", body, {"Content-Type": content_type})
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("Retry-After"), time.monotonic() - started
+
+    async def refusals_with_a_queue_full() -> list[tuple[int, str | None, float]]:
+        served = asyncio.ensure_future(burst(live.url, 2))  # one runs on the stopped worker, one waits
+        assert await asyncio.to_thread(eventually, lambda: waiting_for_a_worker(live) == 1, 30)
+        returning = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+        answers = [await asyncio.to_thread(post, returning), await asyncio.to_thread(post, returning)]
+        answers.append(await asyncio.to_thread(post, http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)))
+        worker.resume()
+        assert [r.status_code for r in await served] == [200, 200]
+        return answers
+
+    (first, first_after, first_s), (again, again_after, again_s), (new, _, new_s) = asyncio.run(
+        refusals_with_a_queue_full())
+    assert (first, again, new) == (503, 503, 503) and first_after == again_after == "1"
+    assert again_s >= 0.8 > max(first_s, new_s), (first_s, again_s, new_s)
+    assert refusals(live) == Counter(queue_cap=3)
+
+
 def test_slow_uploads_hold_upload_places_not_inference_capacity(start):
     live = start(YOSO_WORKERS="1", YOSO_MAX_QUEUE="0", YOSO_MAX_UPLOADS="3")
     head = ("POST /count_objects HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"

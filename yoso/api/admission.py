@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from yoso.api.errors import error_response
-from yoso.serving.admission import RETRY_AFTER_S, Admission, Reason, Refused, Ticket
+from yoso.serving.admission import Admission, Reason, Refused, Ticket
+from yoso.serving.refusals import RETRY_AFTER_S
 
 INFERENCE_PATHS = frozenset({"/predict", "/count_objects", "/detect"})  # the model named in the query string
 KSERVE_PREDICT = re.compile(r"/v1/models/([^/]+):predict")  # the model named in the path (KServe V1) ...
@@ -78,14 +79,15 @@ class AdmissionMiddleware:
         if model is None:
             await self.app(scope, receive, send)
             return
+        client = tuple(scope["client"]) if scope.get("client") else None  # (host, port): its connection
         try:
-            ticket = self.admission.enter(model, client_timeout_s(scope))
+            ticket = self.admission.enter(model, client_timeout_s(scope), client)
         except BadTimeout as error:
             await error_response(422, str(error), path=scope["path"])(scope, receive, send)
             return
         except Refused as refusal:
             self.on_refused(refusal.reason)
-            await self.admission.hold_refusal()
+            await self.admission.hold_refusal(client)
             await refusal_response(refusal, scope["path"])(scope, receive, send)
             return
         scope[Ticket.SCOPE_KEY] = ticket

@@ -12,7 +12,8 @@ from fastapi import Depends, Request
 
 from yoso.api.admission import ticket_of
 from yoso.api.errors import ApiError
-from yoso.serving.admission import RETRY_AFTER_S, Refused, Ticket
+from yoso.serving.admission import Refused, Ticket
+from yoso.serving.refusals import RETRY_AFTER_S
 from yoso.serving.catalog import Kind
 from yoso.serving.pool import TaskOverran, WorkerCrashed
 from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownModel
@@ -101,7 +102,7 @@ async def run_admitted(service: InferenceService, ticket: Ticket, kind: Kind,
         reason, detail = refusal.reason, refusal.detail
         del inputs, inference, done, refusal  # a held refusal keeps no upload in memory (its traceback held one)
         service.shed(reason)
-        await service.admission.hold_refusal()
+        await service.admission.hold_refusal(ticket.client)
         raise ApiError(503, detail, {"Retry-After": str(RETRY_AFTER_S)})
     try:
         outcomes = inference.result()

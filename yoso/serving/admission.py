@@ -12,8 +12,9 @@ Two hard caps stand beside it: `YOSO_MAX_QUEUE` requests waiting (memory: each h
 checked at the edge, before a byte of its upload is read, and again before it is queued.
 
 Refusals are cheap, not free: most clients resend at once after a 503, and thousands a second would leave the
-workers no CPU. So refusals are answered at once up to a few times what the workers serve; past that each is
-held its turn (at most the budget): a client that ignores Retry-After waits anyway.
+workers no CPU. So a client refused again within its Retry-After waits that Retry-After out, and refusals are
+answered at once up to a few times what the workers serve; past that each is held its turn (at most the budget;
+yoso/serving/refusals.py).
 """
 
 from __future__ import annotations
@@ -23,17 +24,16 @@ import heapq
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, Protocol
 
+from yoso.serving.refusals import RefusalPace, ReturningClients
 from yoso.serving.tasks import Running, TaskKind
 
-RETRY_AFTER_S = 1  # short: refused clients that come back together should find the queue still busy
 REFUSALS_PER_SERVED = 4.0  # refusals answered at once per image/s the workers can serve ...
 MIN_REFUSALS_PER_S = 20.0  # ... and at least this many, however slow the model
-REFUSAL_BURST_S = 1.0  # a second's worth of refusals may come at once before any is held
 
 
 class Reason(str, Enum):
@@ -134,25 +134,6 @@ class WaitMargin:
         return self._factor
 
 
-class RefusalPace:
-    """A rate for answering refusals: a second's worth at once, then each one at its turn.
-
-    The generic cell rate algorithm: `_due` is when the refusals answered so far would have gone out at
-    exactly the rate; a refusal is held for as much as that runs ahead of now, less the burst allowance.
-    """
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self._due = -math.inf
-
-    def delay_s(self, rate_per_s: float, max_hold_s: float) -> float:
-        """How long to hold the refusal being answered now (0: at once), never more than `max_hold_s`."""
-        now = self.clock()
-        due = max(self._due, now)
-        self._due = min(due + 1 / rate_per_s, now + REFUSAL_BURST_S + max_hold_s)
-        return min(max(0.0, due - now - REFUSAL_BURST_S), max_hold_s)
-
-
 @dataclass(eq=False)
 class Ticket:
     """An admitted request: what it asks for, when its caller stops waiting, and whether it is still uploading."""
@@ -165,6 +146,7 @@ class Ticket:
     hard_deadline: float  # the server's own bound; a task running past all its requests' gets its worker killed
     clock: Callable[[], float] = field(repr=False)
     on_upload_done: Callable[[], None] = field(repr=False)
+    client: Hashable | None = None  # who sent it (an ASGI scope's `client`), if the transport says
     uploading: bool = True
     version: int | None = None  # of the model that answered it (the access log says it)
 
@@ -203,9 +185,10 @@ class Admission:
         self.uploading = 0
         self.held = 0  # refusals being held now
         self._pace = RefusalPace(clock)
+        self._returning = ReturningClients(clock)
 
-    def enter(self, model: str, timeout_s: float | None = None) -> Ticket:
-        """Admit a request at the edge, before its upload is read; Refused if it may not come in."""
+    def enter(self, model: str, timeout_s: float | None = None, client: Hashable | None = None) -> Ticket:
+        """Admit `client`'s request at the edge, before its upload is read; Refused if it may not come in."""
         now = self.clock()
         timeout_s = self.request_timeout_s if timeout_s is None else min(timeout_s, self.request_timeout_s)
         if self.closed is not None:
@@ -218,7 +201,7 @@ class Admission:
                                           f"(YOSO_MAX_UPLOADS); retry after the Retry-After delay.")
         self._check(model, timeout_s)
         self.uploading += 1
-        return Ticket(model, now, now + timeout_s, now + self.request_timeout_s, self.clock, self._upload_done)
+        return Ticket(model, now, now + timeout_s, now + self.request_timeout_s, self.clock, self._upload_done, client)
 
     def recheck(self, ticket: Ticket, inputs: int = 1) -> float:
         """Check again once the upload (`inputs` jobs) has arrived, before it is queued; Refused if it may no longer
@@ -251,14 +234,17 @@ class Admission:
                  if threads == self.busy_threads and images == 1 and seconds > 0]
         return len(self.workers.running()) * sum(rates) / len(rates) if rates else 0.0
 
-    def refusal_delay_s(self) -> float:
-        """How long to hold the refusal being answered now: 0 up to a rate of refusals, its turn past it."""
+    def refusal_delay_s(self, client: Hashable | None = None) -> float:
+        """How long to hold the refusal being answered now: the rest of its Retry-After for a client refused
+        within it; else 0 up to a rate of refusals, its turn past it."""
+        if client is not None and (returning_s := self._returning.delay_s(client)) > 0:
+            return returning_s
         rate = max(MIN_REFUSALS_PER_S, REFUSALS_PER_SERVED * self.capacity_per_s())
         return self._pace.delay_s(rate, max_hold_s=self.budget_s)
 
-    async def hold_refusal(self) -> None:
+    async def hold_refusal(self, client: Hashable | None = None) -> None:
         """Wait this refusal's turn (see refusal_delay_s) before its 503 goes out."""
-        delay = self.refusal_delay_s()
+        delay = self.refusal_delay_s(client)
         if delay <= 0:
             return
         self.held += 1

@@ -26,7 +26,8 @@ from yoso.api.oip import inference_pb2_grpc as pb_grpc
 from yoso.api.oip.tensors import TensorData, check_datatype, from_raw, from_values, to_raw
 from yoso.api.security import API_KEY_HEADER, Credentials, presented_credential
 from yoso.config import Settings
-from yoso.serving.admission import RETRY_AFTER_S, Refused
+from yoso.serving.admission import Refused
+from yoso.serving.refusals import RETRY_AFTER_S
 from yoso.serving.service import InferenceService
 
 log = logging.getLogger(__name__)
