@@ -13,9 +13,9 @@ from fastapi import Depends, Request
 from yoso.api.admission import ticket_of
 from yoso.api.errors import ApiError
 from yoso.serving.admission import Refused, Ticket
-from yoso.serving.refusals import RETRY_AFTER_S
 from yoso.serving.catalog import Kind
 from yoso.serving.pool import TaskOverran, WorkerCrashed
+from yoso.serving.refusals import RETRY_AFTER_S
 from yoso.serving.service import InferenceService, ModelNotInstalled, UnknownModel
 from yoso.serving.tasks import JobOutcome, TaskOutcome
 

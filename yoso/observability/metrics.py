@@ -187,8 +187,9 @@ class ServingState(Collector):
         yield CounterMetricFamily("yoso_requests_abandoned",
                                   "Queued requests dropped before inference: their caller left or timed out.",
                                   value=self.scheduler.abandoned)
-        yield GaugeMetricFamily("yoso_refusals_held", "Refusals held before their 503 goes out: their client came straight back, or refusals "
-                                "come faster than the rate answered at once.", value=self.admission.held)
+        yield GaugeMetricFamily("yoso_refusals_held", "Refusals held before their 503 goes out: their client came "
+                                "straight back, or refusals come faster than the rate answered at once.",
+                                value=self.admission.held)
         expected = GaugeMetricFamily("yoso_task_expected_seconds", "How long admission expects a task to take, "
                                      "learned per model, threads and images (a moving average).",
                                      labels=["model", "threads", "images"])
