@@ -1,6 +1,6 @@
 """RequestHeadLimit on its own: a whole head over the limit is refused from the scope, its body never read.
 
-(On a real server the same heads may instead be refused by uvicorn's h11 parser while still incomplete:
+(On a real server the same heads may instead be refused by the HTTP protocol while still incomplete:
 tests/test_hostile_inputs.py. Here the head is whole by construction, so this middleware must answer.)
 """
 

@@ -404,14 +404,42 @@ def first_piece_only(port: int, request: bytes) -> bytes:
 @pytest.mark.parametrize("request_head, status", [(LONG_REQUEST_TARGET, b"414"), (LONG_HEADER, b"431")],
                          ids=["long-request-target", "long-header"])
 def test_a_whole_request_head_over_the_limit_read_at_once_is_refused_by_the_head_limit(server, request_head, status):
-    """Read at once, h11 parses the head whole; RequestHeadLimit refuses it (414 or 431)."""
+    """Read at once, the parser takes the head whole; RequestHeadLimit refuses it (414 or 431)."""
     assert sent_in_one_write(server.port, request_head).split(b" ", 2)[1] == status
 
 
 @pytest.mark.parametrize("request_head", [LONG_REQUEST_TARGET, LONG_HEADER], ids=["long-request-target", "long-header"])
-def test_a_request_head_still_incomplete_past_the_limit_is_refused_by_h11_with_400(server, request_head):
-    """Read in pieces, h11 refuses it while incomplete: 400, before the rest comes."""
+def test_a_request_head_still_incomplete_past_the_limit_is_refused_by_the_http_protocol_with_400(server, request_head):
+    """Read in pieces, the HTTP protocol refuses it while incomplete: 400, before the rest comes."""
     assert first_piece_only(server.port, request_head).startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_head_within_the_limit_arriving_a_few_bytes_at_a_time_is_served(server):
+    """The bytes of an incomplete head are counted as they come: many small pieces of one head within the limit
+    add up to no more than the head."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"a" * 12_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start in range(0, len(request), 1000):
+            connection.sendall(request[start:start + 1000])
+            select.select([], [], [], 0.002)  # apart: the server reads them one by one
+        assert read_http_response(connection).startswith(b"HTTP/1.1 200 ")
+
+
+def test_pipelined_requests_after_an_upload_are_each_answered(server):
+    """An upload and two requests after it in one write: the heads that begin after a body, in the same read,
+    are parsed and answered, not taken for a head that never ends."""
+    body, headers = multipart([file_part(image_bytes("dog_person_horse.jpg"))])
+    upload = (f"POST /count_objects HTTP/1.1\r\nHost: localhost\r\nContent-Type: {headers['content-type']}\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    health = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    last = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    answers = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as connection:
+        connection.sendall(upload + health + last)
+        while chunk := connection.recv(65536):
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 200 ") == 3 and b'"items"' in answers
 
 
 @pytest.mark.parametrize("request_head", [

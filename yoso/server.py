@@ -13,7 +13,7 @@ from types import FrameType
 
 import uvicorn
 
-from yoso.api.head import REQUEST_HEAD_LIMIT_BYTES
+from yoso.api.http_protocol import BoundedHeadHttpToolsProtocol
 from yoso.app import create_app
 from yoso.config import Settings, load_settings, precision_in_use
 from yoso.observability.logging import configure_logging, logging_config
@@ -51,9 +51,9 @@ def serve(settings: Settings, pid_file: str | Path | None = None) -> None:
     # uvicorn applies log_config again in the process it reloads (dev mode); yoso writes the access lines.
     # reset_contextvars: each request starts from an empty context, not the one of the previous request on
     # its keep-alive connection (which would nest its trace under that request's span; CPython #140947).
-    # h11, never httptools: h11 bounds an unfinished request head (then 400); httptools buffers an endless
-    # header for as long as a client cares to send it. A whole head over the same bound: RequestHeadLimit.
-    common = dict(host=settings.host, port=settings.port, http="h11", h11_max_incomplete_event_size=REQUEST_HEAD_LIMIT_BYTES,
+    # httptools, with a bound on an unfinished request head (yoso/api/http_protocol.py; a whole head over the same
+    # bound: RequestHeadLimit).
+    common = dict(host=settings.host, port=settings.port, http=BoundedHeadHttpToolsProtocol,
                   log_config=logging_config(settings), access_log=False, reset_contextvars=True,
                   log_level=settings.log_level, timeout_graceful_shutdown=settings.shutdown_grace_s)
     if settings.dev_mode:

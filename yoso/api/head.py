@@ -1,7 +1,7 @@
 """One bound on the request head, however its bytes arrive.
 
-uvicorn's h11 parser refuses a head that is still incomplete past `REQUEST_HEAD_LIMIT_BYTES` (400, plain
-text), but a longer head that happens to arrive in one read is parsed whole. This middleware refuses that
+The HTTP protocol (yoso/api/http_protocol.py) refuses a head still incomplete past `REQUEST_HEAD_LIMIT_BYTES`
+(400, plain text), but a longer head that happens to arrive in one read is parsed whole. This middleware refuses that
 one too, from the head alone (the body is never read): 414 when the request target is what is too long,
 431 otherwise. So whether a long head is served never depends on how the network split it.
 """
