@@ -304,14 +304,14 @@ def test_a_client_refused_again_within_its_retry_after_gets_that_refusal_when_it
     clock = Clock()
     returning = ReturningClients(clock)
     first, second = ("10.0.0.1", 5000), ("10.0.0.1", 5001)
-    assert returning.delay_s(first) == 0  # a first refusal goes at once
+    assert returning.delay_s(first, 5.0) == 0  # a first refusal goes at once
     clock.now += 0.25
-    assert returning.delay_s(first) == pytest.approx(RETRY_AFTER_S - 0.25)  # straight back: the rest of it
-    assert returning.delay_s(second) == 0  # another connection is another client
+    assert returning.delay_s(first, 5.0) == pytest.approx(RETRY_AFTER_S - 0.25)  # straight back: the rest of it
+    assert returning.delay_s(second, 5.0) == 0  # another connection is another client
     clock.now += 0.25  # still before the held refusal has gone out: held a whole Retry-After past it
-    assert returning.delay_s(first) == pytest.approx(2 * RETRY_AFTER_S - 0.5)
+    assert returning.delay_s(first, 5.0) == pytest.approx(2 * RETRY_AFTER_S - 0.5)
     clock.now += 3 * RETRY_AFTER_S  # it waited as told
-    assert returning.delay_s(first) == 0 and returning.delay_s(second) == 0
+    assert returning.delay_s(first, 5.0) == 0 and returning.delay_s(second, 5.0) == 0
 
 
 def test_the_clients_remembered_are_bounded_and_forgotten_after_their_retry_after(monkeypatch):
@@ -319,11 +319,19 @@ def test_the_clients_remembered_are_bounded_and_forgotten_after_their_retry_afte
     returning = ReturningClients(clock)
     monkeypatch.setattr(ReturningClients, "MAX_CLIENTS", 3)
     for port in range(5):
-        returning.delay_s(("h", port))
-    assert len(returning._answered) == 3 and returning.delay_s(("h", 0)) == 0  # the oldest went first
+        returning.delay_s(("h", port), 5.0)
+    assert len(returning._answered) == 3 and returning.delay_s(("h", 0), 5.0) == 0  # the oldest went first
     clock.now += RETRY_AFTER_S + 0.01
-    returning.delay_s(("h", 9))
+    returning.delay_s(("h", 9), 5.0)
     assert list(returning._answered) == [("h", 9)]
+
+
+def test_refusals_to_one_address_going_out_together_are_held_at_most_the_longest_hold():
+    """Behind a proxy, many callers share an address: their refusals line up a Retry-After apart, each held at
+    most `max_hold_s`."""
+    returning = ReturningClients(Clock())
+    delays = [returning.delay_s(("10.0.0.9", 0), max_hold_s=2.0) for _ in range(10)]
+    assert delays[:3] == [0.0, RETRY_AFTER_S, 2 * RETRY_AFTER_S] and max(delays) == 2.0
 
 
 def test_admission_holds_a_returning_clients_refusal_and_paces_the_others():

@@ -237,7 +237,7 @@ class Admission:
     def refusal_delay_s(self, client: Hashable | None = None) -> float:
         """How long to hold the refusal being answered now: the rest of its Retry-After for a client refused
         within it; else 0 up to a rate of refusals, its turn past it."""
-        if client is not None and (returning_s := self._returning.delay_s(client)) > 0:
+        if client is not None and (returning_s := self._returning.delay_s(client, self.budget_s)) > 0:
             return returning_s
         rate = max(MIN_REFUSALS_PER_S, REFUSALS_PER_SERVED * self.capacity_per_s())
         return self._pace.delay_s(rate, max_hold_s=self.budget_s)

@@ -27,12 +27,13 @@ class ReturningClients:
         self.clock = clock
         self._answered: dict[Hashable, float] = {}  # client -> when its last refusal went out, roughly oldest first
 
-    def delay_s(self, client: Hashable) -> float:
-        """How long to hold this client's refusal: until a Retry-After after its last one, or 0."""
+    def delay_s(self, client: Hashable, max_hold_s: float) -> float:
+        """How long to hold this client's refusal: until a Retry-After after its last one, or 0; never more than
+        `max_hold_s` (an address behind a proxy may have many refusals going out at once)."""
         now = self.clock()
         self._forget_before(now - RETRY_AFTER_S)
         last = self._answered.pop(client, None)
-        delay = 0.0 if last is None else max(0.0, last + RETRY_AFTER_S - now)
+        delay = 0.0 if last is None else min(max(0.0, last + RETRY_AFTER_S - now), max_hold_s)
         self._answered[client] = now + delay  # to the end: the dict stays in about the order of answers
         if len(self._answered) > self.MAX_CLIENTS:
             del self._answered[next(iter(self._answered))]
