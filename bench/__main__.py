@@ -6,7 +6,8 @@ open-loop Poisson arrivals at 0.5, 0.8, 1 and 2 x the raw limit just measured. T
 within minutes, so every server figure is compared with the raw runs on either side of its round; ratios
 are the medians of the rounds, latencies pool them. Every figure also carries the share of CPU time the
 host's hypervisor gave to other guests meanwhile (steal): one way the host slows a run, and the one it
-admits (shared caches and the other thread of each core do not show). Prints the table and the targets,
+admits (shared caches and the other thread of each core do not show), and where the cores went in its window:
+the workers, the server process in front of them, the clients, idle (bench.cores). Prints the table and the targets,
 writes the figures as JSON, and with --markdown the table as docs/benchmark.md shows it.
 """
 
@@ -20,12 +21,13 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import click
 import cv2
 
+from bench.cores import CoreUse
 from bench.host import StealMeter
 from tests.live_server import LiveServer
 from bench.load import LoadResult, closed_loop, open_loop
@@ -46,9 +48,12 @@ class Phase:
     load: float  # clients, or arrivals as a multiple of the raw limit
 
     def run(self, live: LiveServer, images: list[Path], raw_limit: float, seconds: float) -> LoadResult:
+        server_pid = live.process.pid
         if self.client == "poisson":
-            return open_loop("127.0.0.1", live.port, ENDPOINT, images, self.load * raw_limit, seconds)
-        return closed_loop("127.0.0.1", live.port, ENDPOINT, images, int(self.load), seconds, self.client)
+            return open_loop("127.0.0.1", live.port, ENDPOINT, images, self.load * raw_limit, seconds,
+                             server_pid=server_pid)
+        return closed_loop("127.0.0.1", live.port, ENDPOINT, images, int(self.load), seconds, self.client,
+                           server_pid=server_pid)
 
 
 PHASES = ([Phase(f"plain, {n} client{'s' * (n > 1)}", "plain", n) for n in PLAIN_CLIENTS]
@@ -56,10 +61,15 @@ PHASES = ([Phase(f"plain, {n} client{'s' * (n > 1)}", "plain", n) for n in PLAIN
           + [Phase(f"open loop, {load:g} x raw", "poisson", load) for load in OPEN_LOOP_LOADS])
 
 
-def _row(phase: Phase, result: LoadResult, ratios: list[float], steal: list[float]) -> dict:
+def _row(phase: Phase, result: LoadResult, ratios: list[float], steal: list[float], uses: list[CoreUse],
+         cores: int) -> dict:
+    use = CoreUse(*(statistics.median(values) for values in zip(*(astuple(use) for use in uses))))
+    workers_x_raw = [ratio * cores / use.workers for ratio, use in zip(ratios, uses) if use.workers > 0]
     return {
         "phase": phase.label, "client": phase.client, "load": phase.load,
         "images_per_s": result.images_per_s, "x_raw": statistics.median(ratios), "x_raw_rounds": ratios,
+        "cores": asdict(use), "cores_rounds": [asdict(use) for use in uses],
+        "workers_x_raw": statistics.median(workers_x_raw) if workers_x_raw else math.nan,
         "host_steal": worst(steal), "host_steal_rounds": steal,
         "p50_ms": result.ok_ms(0.50), "p99_ms": result.ok_ms(0.99),
         "refused": result.refused, "refused_share": result.refused_share, "refusal_p99_ms": result.refused_ms(0.99),
@@ -71,8 +81,8 @@ def _echo_row(row: dict) -> None:
     errors = f"  errors {row['errors']} {row['error_statuses']}" if row["errors"] else ""
     click.echo(f"  {row['phase']:26s} {row['images_per_s']:5.1f} img/s ({row['x_raw']:.2f} x raw)  p50 "
                f"{row['p50_ms']:6.0f}  p99 {row['p99_ms']:6.0f} ms  refused {row['refused']:6d} "
-               f"({row['refused_share']:6.1%}), p99 {row['refusal_p99_ms']:7.1f} ms  host stole "
-               f"{percent(row['host_steal'])}{errors}")
+               f"({row['refused_share']:6.1%}), p99 {row['refusal_p99_ms']:7.1f} ms  cores {CoreUse(**row['cores'])} "
+               f"(workers {row['workers_x_raw']:.2f} x raw)  host stole {percent(row['host_steal'])}{errors}")
 
 
 def _markdown(rows: list[dict], raw_limit: float, raw_steal: float, latency_ms: float, header: str) -> str:
@@ -81,15 +91,15 @@ def _markdown(rows: list[dict], raw_limit: float, raw_steal: float, latency_ms: 
 
     lines = [header, "",
              "| load | images/s | x raw limit | p50 ms | p99 ms | refused (503) | refusal p99 ms | errors "
-             "| host stole |",
-             "|---|---|---|---|---|---|---|---|---|",
+             "| cores: workers / front / clients / idle | workers x raw | host stole |",
+             "|---|---|---|---|---|---|---|---|---|---|---|",
              f"| raw limit: decode + detect in-process, best layout | {raw_limit:.1f} | 1 "
-             f"| {latency_ms:.0f} (one image) | | | | | {percent(raw_steal)} |"]
+             f"| {latency_ms:.0f} (one image) | | | | | | 1 | {percent(raw_steal)} |"]
     for row in rows:
         refused = f"{row['refused']} ({row['refused_share']:.1%})" if row["refused"] else "0"
         lines.append(f"| {row['phase']} | {row['images_per_s']:.1f} | {row['x_raw']:.2f} | {ms(row['p50_ms'])} | "
                      f"{ms(row['p99_ms'])} | {refused} | {ms(row['refusal_p99_ms'])} | {row['errors']} "
-                     f"| {percent(row['host_steal'])} |")
+                     f"| {CoreUse(**row['cores'])} | {row['workers_x_raw']:.2f} | {percent(row['host_steal'])} |")
     return "\n".join(lines)
 
 
@@ -167,7 +177,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
                     steal[phase].append(meter.share)
                     result = results[phase][-1]
                     click.echo(f"  {phase.label:26s} {result.images_per_s:5.1f} img/s, refused {result.refused}, "
-                               f"host stole {percent(meter.share)}")
+                               f"cores {result.cores}, host stole {percent(meter.share)}")
             raw_run()
             click.echo(f"closing raw run: {raw_runs[-1]:.1f} img/s, host stole {percent(raw_steal[-1])}")
         finally:
@@ -176,7 +186,8 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
     brackets = [(before + after) / 2 for before, after in itertools.pairwise(raw_runs)]
     raw_limit, latency_ms = statistics.median(raw_runs), statistics.median(latencies_ms)
     rows = [_row(phase, LoadResult.merged(results[phase]),
-                 [result.images_per_s / raw for result, raw in zip(results[phase], brackets)], steal[phase])
+                 [result.images_per_s / raw for result, raw in zip(results[phase], brackets)], steal[phase],
+                 [result.cores for result in results[phase]], cores)
             for phase in PHASES]
     click.echo(f"raw limit (best layout, median of {len(raw_runs)} runs): {raw_limit:.1f} img/s; one image, "
                f"1 net x {cores} threads: {latency_ms:.1f} ms (median of rounds); host stole up to "

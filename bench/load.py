@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.cores import CoreUse, CoresMeter
 from tests.support import multipart
 
 MAX_CLIENT_PROCESSES = {"plain": 32, "yosoclient": 8}  # yosoclient loads OpenCV: fewer, busier processes
@@ -39,6 +40,7 @@ TIMEOUT_S = 60.0
 @dataclass
 class LoadResult:
     seconds: float
+    cores: CoreUse = field(default_factory=CoreUse.unknown)  # where the cores went in the window (server known)
     ok_latencies_s: list[float] = field(default_factory=list)
     refused_latencies_s: list[float] = field(default_factory=list)  # 503
     error_statuses: Counter[int] = field(default_factory=Counter)  # 0: no answer (connection failed, timeout)
@@ -93,24 +95,26 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def closed_loop(host: str, port: int, path: str, images: list[Path], concurrency: int, seconds: float,
-                client: str = "plain", warmup_s: float = 2.0) -> LoadResult:
-    """`concurrency` clients, each sending its next request when the last is answered; `warmup_s` unmeasured."""
+                client: str = "plain", warmup_s: float = 2.0, server_pid: int | None = None) -> LoadResult:
+    """`concurrency` clients, each sending its next request when the last is answered; `warmup_s` unmeasured.
+    With `server_pid`, the result also says where the cores went in the measured window."""
     processes = min(concurrency, MAX_CLIENT_PROCESSES[client])
     threads = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     job = {"kind": client, "host": host, "port": port, "path": path, "images": [str(image) for image in images]}
-    return _run([job | {"threads": n, "first": sum(threads[:i])} for i, n in enumerate(threads)], seconds, warmup_s)
+    return _run([job | {"threads": n, "first": sum(threads[:i])} for i, n in enumerate(threads)], seconds, warmup_s,
+                server_pid)
 
 
 def open_loop(host: str, port: int, path: str, images: list[Path], rate: float, seconds: float,
-              warmup_s: float = 3.0) -> LoadResult:
+              warmup_s: float = 3.0, server_pid: int | None = None) -> LoadResult:
     """Poisson arrivals at `rate` per second for `warmup_s` unmeasured, then `seconds`; every request is
-    answered before this returns. A request counts in the window it was sent in."""
+    answered before this returns. A request counts in the window it was sent in. `server_pid`: as closed_loop."""
     job = {"kind": "poisson", "host": host, "port": port, "path": path, "images": [str(image) for image in images],
            "rate": rate / OPEN_LOOP_PROCESSES, "threads": OPEN_LOOP_THREADS}
-    return _run([job | {"first": i} for i in range(OPEN_LOOP_PROCESSES)], seconds, warmup_s)
+    return _run([job | {"first": i} for i in range(OPEN_LOOP_PROCESSES)], seconds, warmup_s, server_pid)
 
 
-def _run(jobs: list[dict], seconds: float, warmup_s: float) -> LoadResult:
+def _run(jobs: list[dict], seconds: float, warmup_s: float, server_pid: int | None) -> LoadResult:
     processes = [subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True) for _ in jobs]
     try:
@@ -126,12 +130,23 @@ def _run(jobs: list[dict], seconds: float, warmup_s: float) -> LoadResult:
             process.stdin.write(window + "\n")
             process.stdin.flush()
         result = LoadResult(seconds)
+        if server_pid is not None:
+            result.cores = _cores_in_window(server_pid, processes, measure_from, seconds)
         for process in processes:
             result.add(json.loads(process.stdout.readline()))
     finally:
         for process in processes:
             _reap(process)
     return result
+
+
+def _cores_in_window(server_pid: int, clients: list[subprocess.Popen], measure_from: float,
+                     seconds: float) -> CoreUse:
+    meter = CoresMeter(server_pid, [client.pid for client in clients])
+    time.sleep(max(0.0, measure_from - time.monotonic()))
+    meter.start()
+    time.sleep(seconds)
+    return meter.stop()
 
 
 def _reap(process: subprocess.Popen) -> None:

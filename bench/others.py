@@ -16,19 +16,24 @@ import psutil
 from bench.host import PROC_STAT
 
 BUSY = (0, 1, 2, 5, 6)  # user nice system irq softirq (idle, iowait and the host's steal are nobody's here)
+IDLE = (3, 4)  # idle iowait
 
 
-def _seconds() -> tuple[float, float, float] | None:
-    """(busy, all) CPU seconds of the machine since boot and this run's own, or None where the kernel does not
-    say (not Linux)."""
+def machine_seconds() -> tuple[float, float, float] | None:
+    """(busy, idle, all) CPU seconds of the machine since boot (all: the host's steal too), or None where the kernel
+    does not say (not Linux)."""
     try:
         ticks = [int(value) for value in PROC_STAT.read_text().splitlines()[0].split()[1:9]]
     except (OSError, ValueError, IndexError):
         return None
     per_second = os.sysconf("SC_CLK_TCK")
+    return sum(ticks[i] for i in BUSY) / per_second, sum(ticks[i] for i in IDLE) / per_second, sum(ticks) / per_second
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and of its children it has reaped."""
     own = psutil.Process().cpu_times()
-    ours = own.user + own.system + own.children_user + own.children_system
-    return sum(ticks[i] for i in BUSY) / per_second, sum(ticks) / per_second, ours
+    return own.user + own.system + own.children_user + own.children_system
 
 
 class OthersMeter:
@@ -38,11 +43,11 @@ class OthersMeter:
     share = math.nan
 
     def __enter__(self) -> OthersMeter:
-        self._start = _seconds()
+        self._start = machine_seconds(), _own_seconds()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        end = _seconds()
-        if self._start and end and end[1] > self._start[1]:
-            busy, whole, ours = (after - before for after, before in zip(end, self._start))
-            self.share = min(1.0, max(0.0, (busy - ours) / whole))
+        (start, own_start), end, ours = self._start, machine_seconds(), _own_seconds()
+        if start and end and end[2] > start[2]:
+            busy, _, whole = (after - before for after, before in zip(end, start))
+            self.share = min(1.0, max(0.0, (busy - (ours - own_start)) / whole))

@@ -33,12 +33,20 @@ def test_the_benchmark_measures_raw_and_every_kind_of_load_and_writes_json_and_m
     # what the hypervisor took meanwhile, from /proc/stat: a share, never missing on Linux
     assert all(0 <= share <= 1 for row in rows for share in row["host_steal_rounds"]), rows
     assert all(0 <= share <= 1 for share in report["raw"]["limit_runs_host_steal"])
+    # where the cores went in each window, from psutil and /proc/stat: every part measured, the workers busiest
+    # under load, and the front (HTTP, admission, the queue) and the clients using some but never most of it
+    parts = ("workers", "front", "clients", "others", "idle")
+    assert all(set(row["cores"]) == set(parts) and all(row["cores"][part] >= 0 for part in parts) for row in rows)
+    busy = next(row for row in rows if row["phase"] == "plain, 8 clients")["cores"]
+    assert busy["workers"] > busy["front"] > 0 and busy["workers"] > busy["clients"] > 0, busy
+    assert all(row["workers_x_raw"] > 0 for row in rows if row["images_per_s"] > 0), rows
     # one-second windows: polite clients refused once wait a second or more, but the others always get answers
     assert all(row["images_per_s"] > 0 for row in rows if row["client"] != "yosoclient"), rows
     storm = next(row for row in rows if row["phase"] == "plain, 128 clients")
     assert storm["refused"] > 0  # 128 clients cannot all wait within the 2 s budget
     assert len(report["targets"]) == 10 and "raw limit" in result.stdout
-    for markdown in ("| load | images/s | x raw limit |", "| host stole |", "| plain, 128 clients |",
+    for markdown in ("| load | images/s | x raw limit |", "| cores: workers / front / clients / idle |",
+                     "| host stole |", "| plain, 128 clients |",
                      "| target | measured | bound | |"):
         assert markdown in result.stdout
 
