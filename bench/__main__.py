@@ -6,9 +6,10 @@ open-loop Poisson arrivals at 0.5, 0.8, 1 and 2 x the raw limit just measured. T
 within minutes, so every server figure is compared with the raw runs on either side of its round; ratios
 are the medians of the rounds, latencies pool them. Every figure also carries the share of CPU time the
 host's hypervisor gave to other guests meanwhile (steal): one way the host slows a run, and the one it
-admits (shared caches and the other thread of each core do not show), and where the cores went in its window:
-the workers, the server process in front of them, the clients, idle (bench.cores). Prints the table and the targets,
-writes the figures as JSON, and with --markdown the table as docs/benchmark.md shows it.
+admits (shared caches and the other thread of each core do not show), and where the cores went in its
+window: the workers, the server process in front of them, the clients, other processes, idle (bench.cores).
+Prints the table and the targets, writes the figures as JSON, and with --markdown the table as
+docs/benchmark.md shows it.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ PHASES = ([Phase(f"plain, {n} client{'s' * (n > 1)}", "plain", n) for n in PLAIN
 
 def _row(phase: Phase, result: LoadResult, ratios: list[float], steal: list[float], uses: list[CoreUse],
          cores: int) -> dict:
-    use = CoreUse(*(statistics.median(values) for values in zip(*(astuple(use) for use in uses))))
-    workers_x_raw = [ratio * cores / use.workers for ratio, use in zip(ratios, uses) if use.workers > 0]
+    use = CoreUse(*(statistics.median(values) for values in zip(*(astuple(each) for each in uses))))
+    workers_x_raw = [ratio * cores / each.workers for ratio, each in zip(ratios, uses) if each.workers > 0]
     return {
         "phase": phase.label, "client": phase.client, "load": phase.load,
         "images_per_s": result.images_per_s, "x_raw": statistics.median(ratios), "x_raw_rounds": ratios,
@@ -91,7 +92,7 @@ def _markdown(rows: list[dict], raw_limit: float, raw_steal: float, latency_ms: 
 
     lines = [header, "",
              "| load | images/s | x raw limit | p50 ms | p99 ms | refused (503) | refusal p99 ms | errors "
-             "| cores: workers / front / clients / idle | workers x raw | host stole |",
+             "| cores: workers / front / clients / others / idle | workers x raw | host stole |",
              "|---|---|---|---|---|---|---|---|---|---|---|",
              f"| raw limit: decode + detect in-process, best layout | {raw_limit:.1f} | 1 "
              f"| {latency_ms:.0f} (one image) | | | | | | 1 | {percent(raw_steal)} |"]

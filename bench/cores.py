@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import psutil
 
@@ -35,7 +35,7 @@ class CoreUse:
 
     def __str__(self) -> str:
         return " / ".join("?" if math.isnan(cores) else f"{cores:.2f}"
-                          for cores in (self.workers, self.front, self.clients, self.idle))
+                          for cores in astuple(self))
 
 
 def _cpu_s(processes: list[psutil.Process]) -> dict[int, float]:

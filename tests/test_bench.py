@@ -45,7 +45,7 @@ def test_the_benchmark_measures_raw_and_every_kind_of_load_and_writes_json_and_m
     storm = next(row for row in rows if row["phase"] == "plain, 128 clients")
     assert storm["refused"] > 0  # 128 clients cannot all wait within the 2 s budget
     assert len(report["targets"]) == 10 and "raw limit" in result.stdout
-    for markdown in ("| load | images/s | x raw limit |", "| cores: workers / front / clients / idle |",
+    for markdown in ("| load | images/s | x raw limit |", "| cores: workers / front / clients / others / idle |",
                      "| host stole |", "| plain, 128 clients |",
                      "| target | measured | bound | |"):
         assert markdown in result.stdout
