@@ -161,6 +161,17 @@ def test_a_caller_timeout_cannot_extend_the_servers_bounds():
     assert refusal(waiting, timeout_s=60.0).reason is Reason.budget
 
 
+def test_a_task_sent_ahead_to_a_busy_worker_counts_as_waiting_and_runs_after_that_workers_task():
+    clock = Clock()
+    kind = (MODEL, BUSY, 1)
+    workers = Workers(Running(kind, clock.now - 0.04, then=kind), busy_since(clock, 0.01))  # free in 0.21, 0.115
+    gate = admission(clock, workers, Queue())
+    waits = [gate.expected_wait_s(workers.running(), [MODEL] * ahead) for ahead in range(3)]
+    assert waits == pytest.approx([0.115, 0.085 + TASK_S, 0.115 + TASK_S])
+    assert admission(clock, workers, Queue(1), max_queue=3).enter(MODEL)  # waiting: the one ahead, one queued
+    assert refusal(admission(clock, workers, Queue(2), max_queue=3)).reason is Reason.queue_cap
+
+
 def test_the_queue_cap_binds_even_when_the_budget_would_let_a_request_wait():
     clock = Clock()
     workers = Workers(busy_since(clock, 0.0))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import signal
 import time
 
 from tests.support import EXPECTED_COUNTS, image_bytes
-from yoso.serving.pool import Exit, TaskOverran, WorkerPool
+from yoso.serving.pool import Exit, TaskNotStarted, TaskOverran, WorkerPool
+from yoso.serving.scheduler import Scheduler
 from yoso.serving.tasks import ModelEntry, Running, Task, WorkerConfig
 
 IMAGE = "dog_person_horse.jpg"
@@ -85,6 +88,87 @@ def test_a_task_past_its_deadline_is_answered_overran_and_its_worker_replaced(mo
     assert isinstance(overran, TaskOverran) and replaced == [Exit.hung]
     assert exit_code == -9  # killed, and reaped: no zombie
     assert served.jobs[0].detections
+
+
+def test_a_task_sent_ahead_to_a_busy_worker_begins_as_the_running_one_ends_and_both_are_answered(model_store):
+    async def two_tasks():
+        pool = one_worker(model_store)
+        await pool.start()
+        began = []
+        try:
+            assert pool.free == 1
+            first = pool.submit(TASK, time.monotonic() + 30, lambda: began.append(("first", time.monotonic())))
+            assert pool.free == 1  # busy: one task may go ahead of its own
+            second = pool.submit(TASK, time.monotonic() + 30, lambda: began.append(("second", time.monotonic())))
+            states = pool.free, pool.running(), list(began)
+            await first
+            first_answered = time.monotonic()
+            return states, began, first_answered, await second
+        finally:
+            await pool.stop()
+
+    (free, running, began_at_once), began, first_answered, second = asyncio.run(two_tasks())
+    assert free == 0 and running == [Running(TASK.kind, running[0].started, then=TASK.kind)]
+    assert [name for name, _ in began_at_once] == ["first"]  # the second waits in the worker's socket
+    assert [name for name, _ in began] == ["first", "second"] and began[1][1] <= first_answered
+    labels = [d.label for d in second.jobs[0].detections]
+    assert {label: labels.count(label) for label in labels} == EXPECTED_COUNTS["yolov3-tiny"][IMAGE]
+
+
+def test_a_task_sent_ahead_to_a_worker_that_is_replaced_fails_not_started_and_the_scheduler_queues_it_again(
+        model_store):
+    async def hang_then_retry():
+        pool = one_worker(model_store)
+        scheduler = Scheduler(pool)
+        await pool.start()
+        try:
+            hung = pool.submit(TASK, deadline=time.monotonic())  # past already: the watchdog kills the worker
+            ahead = pool.submit(TASK, deadline=time.monotonic() + 30)
+            outcomes = await asyncio.gather(hung, ahead, return_exceptions=True)
+            await asyncio.wait_for(_until(lambda: pool.idle == 1), 60)  # the replacement
+            overran = scheduler.enqueue("yolov3-tiny", 0.5, TASK.inputs[0], False, time.monotonic(), 0.0)
+            queued_again = scheduler.enqueue("yolov3-tiny", 0.5, TASK.inputs[0], False, time.monotonic() + 60, 0.0)
+            retried = await asyncio.gather(overran, queued_again, return_exceptions=True)
+            return outcomes, retried
+        finally:
+            await pool.stop()
+
+    (hung, ahead), (overran, (job, task)) = asyncio.run(hang_then_retry())
+    assert isinstance(hung, TaskOverran) and isinstance(ahead, TaskNotStarted)
+    assert isinstance(overran, TaskOverran)  # the scheduler's: its request answered 504, the one behind it served
+    assert job.detections and job.queue[1] > job.queue[0]
+
+
+def test_a_task_sent_ahead_of_one_that_runs_far_too_long_is_taken_back_and_the_worker_runs_its_copy_for_nobody(
+        model_store):
+    async def stalled():
+        pool = one_worker(model_store)
+        pool.expected_s = lambda kind: 0.1  # a second at least: AHEAD_PATIENCE_MIN_S
+        await pool.start()
+        [worker] = multiprocessing.active_children()
+        try:
+            os.kill(worker.pid, signal.SIGSTOP)  # mid-task as far as the pool can tell
+            running = pool.submit(TASK, deadline=time.monotonic() + 30)
+            sent = time.monotonic()
+            ahead = pool.submit(TASK, deadline=time.monotonic() + 30)
+            try:
+                await ahead
+                taken_back = None
+            except TaskNotStarted as error:
+                taken_back = error, time.monotonic() - sent
+            free_while_stalled = pool.free
+            os.kill(worker.pid, signal.SIGCONT)
+            first = await running
+            await asyncio.wait_for(_until(lambda: pool.idle == 1), 30)  # after the copy, run for nobody
+            return taken_back, free_while_stalled, first, await pool.submit(TASK, deadline=time.monotonic() + 30)
+        finally:
+            await pool.stop()
+
+    taken_back, free_while_stalled, first, next_one = asyncio.run(stalled())
+    error, after_s = taken_back
+    assert "taken back" in str(error) and 1.0 <= after_s < 5
+    assert free_while_stalled == 0  # its copy still waits in the worker: nothing more goes ahead to it
+    assert first.jobs[0].detections and next_one.jobs[0].detections
 
 
 async def _until(check) -> None:

@@ -182,8 +182,8 @@ class ServingState(Collector):
         for model in self.models:
             refused.add_metric([model], self.versions.refusals[model])
         yield refused
-        yield _per_model_gauge("yoso_requests_waiting", "Admitted requests waiting for a free worker, by model.",
-                               self.models, waiting.__getitem__)
+        yield _per_model_gauge("yoso_requests_waiting", "Admitted requests waiting for a free worker (or sent ahead "
+                               "to a busy one), by model.", self.models, waiting.__getitem__)
         yield CounterMetricFamily("yoso_requests_abandoned",
                                   "Queued requests dropped before inference: their caller left or timed out.",
                                   value=self.scheduler.abandoned)

@@ -217,10 +217,11 @@ class Admission:
 
     def expected_wait_s(self, running: Sequence[Running | None], waiting: Sequence[str]) -> float:
         """When a worker is expected to take a request queued now behind `waiting`: every worker runs its task
-        to its expected end, then the waiting requests in order (in batches), each on the worker free first."""
+        (and the one sent ahead to it) to its expected end, then the waiting requests in order (in batches), each on
+        the worker free first."""
         now = self.clock()
         free_at = [0.0 if task is None else max(0.0, task.started + self.times.expected_s(task.kind) - now)
-                   for task in running]
+                   + (0.0 if task.then is None else self.times.expected_s(task.then)) for task in running]
         if not free_at:
             return math.inf
         heapq.heapify(free_at)
@@ -256,7 +257,8 @@ class Admission:
     def _check(self, model: str, timeout_s: float, inputs: int = 1) -> float:
         """Refused unless it may wait (the caps; its first input: the budget; its last: its timeout); else how long."""
         running, waiting = self.workers.running(), self.queue.waiting_models()
-        would_wait = len(waiting) + inputs - sum(1 for task in running if task is None)
+        ahead = sum(1 for task in running if task is not None and task.then is not None)  # sent, not begun
+        would_wait = len(waiting) + ahead + inputs - sum(1 for task in running if task is None)
         if would_wait > self.max_queue:
             raise Refused(Reason.queue_cap, f"The server is at capacity: {would_wait} requests would wait for a "
                                             f"worker (YOSO_MAX_QUEUE); retry after the Retry-After delay.")

@@ -1,10 +1,11 @@
 """Which request runs when: a queue in front of the worker pool, with same-model micro-batching.
 
 Admission (yoso.serving.admission) decides which requests may wait here; the scheduler keeps them in order.
-When a worker frees up, the oldest waiting request goes to it together with up to `max_batch_size - 1`
-later ones for the same model, confidence and answer (annotated or not). With a batch delay, a lone request
-may wait that long for company while a worker sits idle. A request whose caller has given up (client gone,
-timeout) is dropped before it reaches a worker.
+When the pool can take a task (a worker is free, or a busy one can have one sent ahead: yoso.serving.pool),
+the oldest waiting request goes to it together with up to `max_batch_size - 1` later ones for the same model,
+confidence and answer (annotated or not); a task sent ahead and given back before it began is queued again,
+first. With a batch delay, a lone request may wait that long for company while a worker sits idle. A request
+whose caller has given up (client gone, timeout) is dropped before it reaches a worker.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from yoso.serving.pool import WorkerPool
+from yoso.serving.pool import TaskNotStarted, WorkerPool
 from yoso.serving.tasks import JobOutcome, Task, TaskOutcome
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Job:
     future: asyncio.Future[tuple[JobOutcome, TaskOutcome]]
     enqueued: float = field(default_factory=time.monotonic)
     enqueued_ns: int = field(default_factory=time.time_ns)
+    started_ns: int = 0  # when its task began on a worker (0: not yet)
 
     @property
     def batch_key(self) -> tuple[str, float, bool]:
@@ -49,26 +51,23 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_batch_delay_s = max_batch_delay_s
         self._queue: deque[Job] = deque()
+        self._sent_ahead: list[Job] = []  # given to a busy worker, not begun: waiting still, though not queued
         self._timer: asyncio.TimerHandle | None = None
         self.abandoned = 0
         self.on_waited: Callable[[float, float], None] = lambda expected_s, waited_s: None
         pool.on_idle = self._dispatch
 
-    @property
-    def waiting(self) -> int:
-        return sum(1 for job in self._queue if not job.future.done())
-
     def queued(self) -> list[Job]:
-        """Every request waiting for a worker, oldest first. (Read by /metrics from a thread: the queue is
-        copied at once, never iterated while the event loop may change it.)"""
-        return [job for job in tuple(self._queue) if not job.future.done()]
+        """Every request waiting for a worker, oldest first, those sent ahead to a busy worker included. (Read by
+        /metrics from a thread: the lists are copied at once, never iterated while the loop may change them.)"""
+        return [job for job in (*tuple(self._sent_ahead), *tuple(self._queue)) if not job.future.done()]
 
     def waiting_models(self) -> list[str]:
-        """The model of every request waiting for a worker, oldest first."""
-        return [job.model for job in self.queued()]
+        """The model of every request in the queue, oldest first (not those sent ahead: see Running.then)."""
+        return [job.model for job in tuple(self._queue) if not job.future.done()]
 
     def waiting_by_model(self) -> Counter[str]:
-        return Counter(self.waiting_models())
+        return Counter(job.model for job in self.queued())
 
     def enqueue(self, model: str, confidence: float, data: bytes | list[Any], annotate: bool, deadline: float,
                 expected_wait_s: float) -> asyncio.Future[tuple[JobOutcome, TaskOutcome]]:
@@ -81,7 +80,7 @@ class Scheduler:
         return job.future
 
     def _dispatch(self) -> None:
-        while self.pool.idle:
+        while self.pool.free:
             self._drop_abandoned()
             if not self._queue:
                 return
@@ -124,20 +123,31 @@ class Scheduler:
         head = batch[0]
         task = Task(head.model, head.confidence, tuple(job.data for job in batch), head.annotate,
                     self.pool.threads_for_next_task(), self.pool.config.models[head.model])  # the serving version
-        running = self.pool.submit(task, deadline=max(job.deadline for job in batch))
-        dispatched, dispatched_ns = time.monotonic(), time.time_ns()
-        for job in batch:
-            self.on_waited(job.expected_wait_s, dispatched - job.enqueued)
-        running.add_done_callback(lambda done: _settle(batch, done, dispatched_ns))
+        self._sent_ahead += batch  # until it begins: at once on an idle worker
 
+        def began() -> None:
+            now, now_ns = time.monotonic(), time.time_ns()
+            for job in batch:
+                self._sent_ahead.remove(job)
+                job.started_ns = now_ns
+                self.on_waited(job.expected_wait_s, now - job.enqueued)
 
-def _settle(batch: list[Job], done: asyncio.Future[TaskOutcome], dispatched_ns: int) -> None:
-    for i, job in enumerate(batch):
-        if job.future.done():
-            continue
-        if done.exception() is not None:
-            job.future.set_exception(done.exception())  # type: ignore[arg-type]
-        else:
-            outcome = done.result()
-            outcome.jobs[i].queue = (job.enqueued_ns, dispatched_ns)
-            job.future.set_result((outcome.jobs[i], outcome))
+        running = self.pool.submit(task, max(job.deadline for job in batch), began)
+        running.add_done_callback(lambda done: self._settle(batch, done))
+
+    def _settle(self, batch: list[Job], done: asyncio.Future[TaskOutcome]) -> None:
+        if isinstance(done.exception(), TaskNotStarted):  # its worker went, or gave it back, before it began: first again
+            for job in batch:
+                self._sent_ahead.remove(job)
+            self._queue.extendleft(reversed(batch))
+            self._dispatch()
+            return
+        for i, job in enumerate(batch):
+            if job.future.done():
+                continue
+            if done.exception() is not None:
+                job.future.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                outcome = done.result()
+                outcome.jobs[i].queue = (job.enqueued_ns, job.started_ns)
+                job.future.set_result((outcome.jobs[i], outcome))

@@ -98,8 +98,7 @@ class InferenceService:
             self.pool, self.scheduler, TaskTimes(),
             budget_s=settings.max_queue_wait_ms / 1000,
             max_queue=settings.queue_limit,
-            max_uploads=settings.max_uploads,
-            request_timeout_s=settings.request_timeout_s,
+            max_uploads=settings.max_uploads, request_timeout_s=settings.request_timeout_s,
             busy_threads=config.busy_threads,
             max_batch_size=settings.max_batch_size,
         )
@@ -107,6 +106,7 @@ class InferenceService:
         self.pool.on_model_loaded = self._model_loaded
         self.pool.on_task_done = self._task_done
         self.pool.on_replaced = self._worker_replaced
+        self.pool.expected_s = self.admission.times.expected_s
         self._watching: asyncio.Future[None] | None = None
         self.scheduler.on_waited = self.admission.waited
         self.start_error: str | None = None

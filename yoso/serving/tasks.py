@@ -23,6 +23,7 @@ class Running:
 
     kind: TaskKind
     started: float  # time.monotonic()
+    then: TaskKind | None = None  # the task sent ahead to the same worker: it begins when this one ends
 
 
 @dataclass(frozen=True)
