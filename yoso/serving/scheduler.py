@@ -136,7 +136,7 @@ class Scheduler:
         running.add_done_callback(lambda done: self._settle(batch, done))
 
     def _settle(self, batch: list[Job], done: asyncio.Future[TaskOutcome]) -> None:
-        if isinstance(done.exception(), TaskNotStarted):  # its worker went, or gave it back, before it began: first again
+        if isinstance(done.exception(), TaskNotStarted):  # its worker went or gave it back: it waits again, first
             for job in batch:
                 self._sent_ahead.remove(job)
             self._queue.extendleft(reversed(batch))
