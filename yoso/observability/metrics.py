@@ -1,4 +1,4 @@
-"""Prometheus metrics on /metrics: HTTP traffic from prometheus-fastapi-instrumentator, inference from an observer.
+"""Prometheus metrics on /metrics: HTTP traffic (yoso.observability.http_metrics), inference from an observer.
 
 Every metric lives in a registry of the app's own, not in prometheus_client's global one, so that building
 the app twice in one process (tests, dev-mode reload) never fails on duplicated time series. The server is
@@ -8,7 +8,6 @@ one process: inference worker processes only send results back, and everything i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 
 from fastapi import FastAPI
@@ -19,10 +18,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator import metrics as http_metrics
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from yoso.config import METRICS_PATH
+from yoso.observability.http_metrics import HttpMetrics
 from yoso.serving.admission import Reason
 from yoso.serving.pool import Exit
 from yoso.serving.service import InferenceService
@@ -210,25 +208,6 @@ def _per_model_gauge(name: str, documentation: str, models: list[str],
     return gauge
 
 
-class InFlightMiddleware:
-    """Counts the HTTP requests being handled, the quiet paths (/metrics) excluded."""
-
-    def __init__(self, app: ASGIApp, gauge: Gauge, skip_paths: tuple[str, ...]) -> None:
-        self.app = app
-        self.gauge = gauge
-        self.skip_paths = skip_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.skip_paths:
-            await self.app(scope, receive, send)
-            return
-        self.gauge.inc()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.gauge.dec()
-
-
 def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[str, ...]) -> None:
     """Serve /metrics and record HTTP and inference metrics (skip_paths aside) into a registry of the app's own."""
     disable_created_metrics()  # process-wide: the *_created series double the output and no query here uses them
@@ -241,18 +220,9 @@ def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[s
                                [name for name, model in served.items() if model.is_detector])
     service.observers.append(MetricsObserver(metrics))
 
-    instrumentator = Instrumentator(
-        should_group_status_codes=False,
-        excluded_handlers=[f"^{re.escape(path)}$" for path in skip_paths],
-        registry=registry,
-    )
-    instrumentator.add(
-        http_metrics.requests(registry=registry),
-        http_metrics.latency(should_include_status=False, buckets=REQUEST_SECONDS_BUCKETS, registry=registry),
-    )
-    instrumentator.instrument(app)
-    app.add_middleware(InFlightMiddleware, gauge=metrics.requests_in_flight, skip_paths=skip_paths)
-    instrumentator.expose(app, endpoint=METRICS_PATH, include_in_schema=False)
+    app.add_middleware(HttpMetrics, registry=registry, in_flight=metrics.requests_in_flight,
+                       buckets=REQUEST_SECONDS_BUCKETS, skip_paths=skip_paths)
+    Instrumentator(registry=registry).expose(app, endpoint=METRICS_PATH, include_in_schema=False)
 
 
 def _seconds(interval: Interval) -> float:
