@@ -12,6 +12,7 @@ from yoso.api import admin, kserve
 from yoso.api.admission import AdmissionMiddleware
 from yoso.api.errors import install_error_handlers
 from yoso.api.head import RequestHeadLimit
+from yoso.api.image_lane import ImageLane
 from yoso.api.oip import rest as oip_rest
 from yoso.api.routes import router
 from yoso.api.security import install_security
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(kserve.router)
     app.include_router(oip_rest.router)
     app.include_router(admin.router)
+    app.add_middleware(ImageLane, service=service)  # innermost: a plain image request skips FastAPI's routing
     app.add_middleware(AdmissionMiddleware, admission=service.admission, default_model=service.catalog.default,
                        on_refused=service.shed)
     install_security(app, settings)  # outside admission: refuses unauthenticated requests before they are admitted

@@ -6,7 +6,7 @@ import asyncio
 import html
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -89,19 +89,14 @@ _PREDICT_200 = {
 }
 
 
-@router.post("/predict", response_class=Response, summary="The image with boxes, labels and confidence drawn",
-             openapi_extra={"requestBody": ONE_IMAGE_BODY_DOC, "parameters": [_TIMEOUT_PARAMETER]},
-             responses=_ERRORS | {200: _PREDICT_200})
-async def predict(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+async def predict_image(request: Request, service: InferenceService, confidence: float) -> Response:
     images = ImageBody(request, service.settings)
     image, _ = await infer(request, service, "/predict", Kind.detector, images.read_one, confidence, annotate=True)
     counts = json.dumps(_counts(image), separators=(",", ":"))
     return Response(image.jpeg, media_type="image/jpeg", headers={COUNTS_HEADER: counts})
 
 
-@router.post("/count_objects", response_model=CountResponse | CountResults, summary="How many objects of each label",
-             **_UPLOAD)
-async def count_objects(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+async def count_objects_in(request: Request, service: InferenceService, confidence: float) -> BaseModel:
     return await _detect_each(request, service, confidence, "/count_objects",
                               lambda image, _: CountResponse(items=_counts(image)), CountResults)
 
@@ -110,8 +105,7 @@ def _counts(image: JobOutcome) -> dict[str, int]:
     return dict(Counter(detection.label for detection in image.detections))
 
 
-@router.post("/detect", response_model=DetectResponse | DetectResults, summary="Detections as JSON", **_UPLOAD)
-async def detect(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+async def detections_in(request: Request, service: InferenceService, confidence: float) -> BaseModel:
     def answer(image: JobOutcome, task: TaskOutcome) -> DetectResponse:
         return DetectResponse(
             model=ticket_of(request.scope).model,
@@ -124,6 +118,31 @@ async def detect(request: Request, service: Service, model: ModelName = None, co
         )
 
     return await _detect_each(request, service, confidence, "/detect", answer, DetectResults)
+
+
+# What each image route answers, given its request and its confidence: the FastAPI routes below and the image
+# lane (yoso/api/image_lane.py) both answer through these.
+IMAGE_ANSWERS: dict[str, Callable[[Request, InferenceService, float], Awaitable[Response | BaseModel]]] = {
+    "/predict": predict_image, "/count_objects": count_objects_in, "/detect": detections_in,
+}
+
+
+@router.post("/predict", response_class=Response, summary="The image with boxes, labels and confidence drawn",
+             openapi_extra={"requestBody": ONE_IMAGE_BODY_DOC, "parameters": [_TIMEOUT_PARAMETER]},
+             responses=_ERRORS | {200: _PREDICT_200})
+async def predict(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+    return await predict_image(request, service, confidence)
+
+
+@router.post("/count_objects", response_model=CountResponse | CountResults, summary="How many objects of each label",
+             **_UPLOAD)
+async def count_objects(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+    return await count_objects_in(request, service, confidence)
+
+
+@router.post("/detect", response_model=DetectResponse | DetectResults, summary="Detections as JSON", **_UPLOAD)
+async def detect(request: Request, service: Service, model: ModelName = None, confidence: Confidence = 0.5):
+    return await detections_in(request, service, confidence)
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Known models, installed and loaded")
