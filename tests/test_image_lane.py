@@ -7,7 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.support import eventually, image_bytes
-from yoso.api.image_lane import plain_confidence
+from yoso.api.image_lane import ImageLane, plain_confidence
+from yoso.api.routes import IMAGE_ANSWERS
 from yoso.api.inference import get_service
 from yoso.app import create_app
 from yoso.config import load_settings
@@ -32,6 +33,14 @@ def test_a_plain_query_gives_its_confidence(query, confidence):
 ])
 def test_a_query_the_lane_does_not_read_plainly_is_left_to_fastapi(query):
     assert plain_confidence(query) is None
+
+
+def test_the_lane_serves_every_image_route_and_reads_every_query_parameter_they_declare():
+    """A parameter added to an image route must be read by the lane too, or the lane would answer without it."""
+    routes = ImageLane(app=None, service=None).routes
+    assert set(routes) == set(IMAGE_ANSWERS)
+    for route in routes.values():
+        assert {parameter.name for parameter in route.dependant.query_params} == {"model", "confidence"}
 
 
 def test_a_plain_image_request_skips_fastapis_dependencies_and_any_other_is_answered_by_the_route(model_store,
