@@ -42,7 +42,7 @@ class TaskOverran(RuntimeError):
 
 
 class TaskNotStarted(RuntimeError):
-    """The task was sent ahead to a worker that went before it could begin: it never ran, and may run elsewhere."""
+    """The task was sent ahead to a worker that went, or gave it back, before it began: it may run elsewhere."""
 
 
 class VersionRefused(RuntimeError):
@@ -106,7 +106,8 @@ class WorkerProcess:
         and the worker, should it wake, runs its copy for nobody."""
         self.ahead = assigned
         patience_s = max(AHEAD_PATIENCE * expected_s, AHEAD_PATIENCE_MIN_S)
-        assigned.take_back = asyncio.get_running_loop().call_at(self.task_started + patience_s, self._take_back)
+        after_s = max(0.0, self.task_started + patience_s - time.monotonic())
+        assigned.take_back = asyncio.get_running_loop().call_later(after_s, self._take_back)
 
     def _take_back(self) -> None:
         if self.ahead is None or self.ahead.outcome.done():
@@ -130,6 +131,7 @@ class WorkerProcess:
         assigned.on_start()
 
     def overran(self) -> None:
+        """The watchdog, at the deadline of every request in its task: the worker is killed (the pool replaces it)."""
         if self.task is None or self.task.done():
             return
         seconds = time.monotonic() - self.task_started
