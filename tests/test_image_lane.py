@@ -47,6 +47,7 @@ def test_a_plain_image_request_skips_fastapis_dependencies_and_any_other_is_answ
                                                                                                 monkeypatch):
     monkeypatch.setenv("YOSO_WORKERS", "1")
     monkeypatch.setenv("YOSO_PRELOAD_MODELS", "yolov3-tiny")
+    monkeypatch.setenv("YOSO_GRPC_PORT", "0")  # no gRPC port (and no gRPC import) in the test's own process
     app = create_app(load_settings())
     solved = []
 
