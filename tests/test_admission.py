@@ -170,6 +170,8 @@ def test_a_task_sent_ahead_to_a_busy_worker_counts_as_waiting_and_runs_after_tha
     assert waits == pytest.approx([0.115, 0.085 + TASK_S, 0.115 + TASK_S])
     assert admission(clock, workers, Queue(1), max_queue=3).enter(MODEL)  # waiting: the one ahead, one queued
     assert refusal(admission(clock, workers, Queue(2), max_queue=3)).reason is Reason.queue_cap
+    batch_ahead = Workers(Running(kind, clock.now, then=(MODEL, BUSY, 3)), busy_since(clock, 0.0))
+    assert refusal(admission(clock, batch_ahead, Queue(), max_queue=3)).reason is Reason.queue_cap  # 3 + 1 > 3
 
 
 def test_the_queue_cap_binds_even_when_the_budget_would_let_a_request_wait():

@@ -10,6 +10,7 @@ import time
 
 from tests.support import EXPECTED_COUNTS, image_bytes
 from yoso.serving.pool import Exit, TaskNotStarted, TaskOverran, WorkerPool
+from yoso.serving.process import Assigned, WorkerProcess
 from yoso.serving.scheduler import Scheduler
 from yoso.serving.tasks import ModelEntry, Running, Task, WorkerConfig
 
@@ -169,6 +170,25 @@ def test_a_task_sent_ahead_of_one_that_runs_far_too_long_is_taken_back_and_the_w
     assert "taken back" in str(error) and 1.0 <= after_s < 5
     assert free_while_stalled == 0  # its copy still waits in the worker: nothing more goes ahead to it
     assert first.jobs[0].detections and next_one.jobs[0].detections
+
+
+def test_a_worker_past_its_patience_takes_no_task_ahead_and_a_task_begun_late_is_not_killed_at_once():
+    async def check():
+        loop = asyncio.get_running_loop()
+        w = WorkerProcess(None, loop.create_future(), None)
+        w.task, w.task_kind, w.task_started = loop.create_future(), TASK.kind, time.monotonic()
+        within = w.takes_ahead(expected_s=0.1)  # patience: 1 s at least
+        w.task_started -= 2.0
+        past = w.takes_ahead(expected_s=0.1)
+        late = Assigned(loop.create_future(), TASK.kind, time.monotonic() - 5, lambda: None)  # its callers gone
+        w.begin(late, grace_s=1.0)
+        watchdog_in_s = w.watchdog.when() - loop.time()
+        w.watchdog.cancel()
+        return within, past, watchdog_in_s
+
+    within, past, watchdog_in_s = asyncio.run(check())
+    assert within and not past
+    assert 0.9 < watchdog_in_s <= 1.0
 
 
 async def _until(check) -> None:

@@ -257,7 +257,7 @@ class Admission:
     def _check(self, model: str, timeout_s: float, inputs: int = 1) -> float:
         """Refused unless it may wait (the caps; its first input: the budget; its last: its timeout); else how long."""
         running, waiting = self.workers.running(), self.queue.waiting_models()
-        ahead = sum(1 for task in running if task is not None and task.then is not None)  # sent, not begun
+        ahead = sum(task.then[2] for task in running if task is not None and task.then is not None)  # its inputs
         would_wait = len(waiting) + ahead + inputs - sum(1 for task in running if task is None)
         if would_wait > self.max_queue:
             raise Refused(Reason.queue_cap, f"The server is at capacity: {would_wait} requests would wait for a "

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from yoso.serving import wire
 from yoso.serving.process import (SPAWN, Assigned, Exit, PoolStartError, TaskNotStarted, TaskOverran, VersionRefused,
-                                  WorkerCrashed, WorkerProcess, close, reap, run_worker)
+                                  WorkerCrashed, WorkerProcess, close, patience_s, reap, run_worker)
 from yoso.serving.tasks import (LoadVersion, LogLevel, ModelEntry, Running, Task, TaskKind, TaskOutcome,
                                 UnloadVersion, VersionLoaded, WorkerConfig, WorkerFailed, WorkerReady)
 
@@ -55,11 +55,10 @@ class WorkerPool:
     @property
     def free(self) -> int:
         """Tasks the pool takes now (submit): one per idle worker, or else one ahead of each busy worker's."""
-        return len(self._idle) or (0 if self._closing else sum(1 for w in self._workers if w.takes_ahead))
+        return len(self._idle) or (0 if self._closing else len(self._taking_ahead()))
 
-    @property
-    def busy(self) -> int:
-        return sum(1 for w in self._workers if w.task is not None)
+    def _taking_ahead(self) -> list[WorkerProcess]:
+        return [w for w in self._workers if w.takes_ahead(self.expected_s(w.task_kind))]
 
     @property
     def live(self) -> int:
@@ -93,7 +92,7 @@ class WorkerPool:
 
     def threads_for_next_task(self) -> int:
         """All cores for a task that runs alone; otherwise each worker's share, so cores are never oversubscribed."""
-        return self.config.cores if self.busy == 0 else self.config.busy_threads
+        return self.config.busy_threads if any(w.task is not None for w in self._workers) else self.config.cores
 
     def submit(self, task: Task, deadline: float, on_start: Callable[[], None] = lambda: None
                ) -> asyncio.Future[TaskOutcome]:
@@ -106,7 +105,7 @@ class WorkerPool:
             chosen = self._idle.pop()
             chosen.begin(assigned)
         else:
-            chosen = min((w for w in self._workers if w.takes_ahead), key=lambda w: w.task_started)
+            chosen = min(self._taking_ahead(), key=lambda w: w.task_started)
             chosen.hold_ahead(assigned, self.expected_s(chosen.task_kind))
         chosen.writer.write(wire.encode(task))  # the transport sends what the socket cannot take yet
         return assigned.outcome
@@ -190,7 +189,7 @@ class WorkerPool:
             if w.ahead is None:
                 self._make_idle(w)
             else:  # the worker has begun it already: room for another task ahead
-                w.begin(w.ahead)
+                w.begin(w.ahead, grace_s=patience_s(self.expected_s(w.ahead.kind)))
                 self.on_idle()
         elif isinstance(message, VersionLoaded):
             w.watchdog.cancel()

@@ -25,6 +25,11 @@ AHEAD_PATIENCE = 3.0  # x its expected time: a task running this long gives up t
 AHEAD_PATIENCE_MIN_S = 1.0  # ... but never sooner (a task just begun, a time not yet learned)
 
 
+def patience_s(expected_s: float) -> float:
+    """How long a task expected to take `expected_s` may run before the task sent ahead of it is taken back."""
+    return max(AHEAD_PATIENCE * expected_s, AHEAD_PATIENCE_MIN_S)
+
+
 class Exit(str, Enum):
     """Why a worker went and was replaced (the `reason` label of yoso_workers_replaced_total)."""
 
@@ -94,19 +99,18 @@ class WorkerProcess:
         """Its task's kind and start (and the kind of the task sent ahead), or None while it is idle."""
         return None if self.task is None else Running(self.task_kind, self.task_started, self.ahead and self.ahead.kind)
 
-    @property
-    def takes_ahead(self) -> bool:
-        """Runs a task (not a version load: threads 0), none sent ahead, no load to come, and is not being killed."""
+    def takes_ahead(self, expected_s: float) -> bool:
+        """Runs a task (not a version load: threads 0) that is within its patience (`expected_s`: its expected
+        time), none sent ahead, no load to come, and is not being killed."""
         return (self.task is not None and self.task_kind[1] > 0 and self.ahead is None and not self.loads
-                and self.killed is None)
+                and self.killed is None and time.monotonic() < self.task_started + patience_s(expected_s))
 
     def hold_ahead(self, assigned: Assigned, expected_s: float) -> None:
-        """`assigned` waits in its socket for `task` (expected to take `expected_s`) to end. Should `task` run far
-        longer (hung, or slowed down), the one ahead is taken back: it fails TaskNotStarted, to be queued again,
-        and the worker, should it wake, runs its copy for nobody."""
+        """`assigned` waits in its socket for `task` (expected to take `expected_s`) to end. Should `task` run past
+        its patience (hung, or slowed down), the one ahead is taken back: it fails TaskNotStarted, to be queued
+        again, and the worker, should it wake, runs its copy for nobody."""
         self.ahead = assigned
-        patience_s = max(AHEAD_PATIENCE * expected_s, AHEAD_PATIENCE_MIN_S)
-        after_s = max(0.0, self.task_started + patience_s - time.monotonic())
+        after_s = max(0.0, self.task_started + patience_s(expected_s) - time.monotonic())
         assigned.take_back = asyncio.get_running_loop().call_later(after_s, self._take_back)
 
     def _take_back(self) -> None:
@@ -118,15 +122,16 @@ class WorkerProcess:
         seconds = time.monotonic() - self.task_started
         taken.outcome.set_exception(TaskNotStarted(f"taken back from a worker whose task ran {seconds:.1f} s"))
 
-    def begin(self, assigned: Assigned) -> None:
-        """`assigned` (the task sent ahead, or another) runs from now; past its deadline, the watchdog kills the
-        worker (`overran`)."""
+    def begin(self, assigned: Assigned, grace_s: float = 0.0) -> None:
+        """`assigned` (the task sent ahead, or another) runs from now; past its deadline, and at least `grace_s`
+        from now (a task sent ahead may begin when its callers have given up: it is not hung for that), the
+        watchdog kills the worker (`overran`)."""
         if assigned is self.ahead:
             self.ahead = None
         if assigned.take_back is not None:
             assigned.take_back.cancel()
         self.task, self.task_kind, self.task_started = assigned.outcome, assigned.kind, time.monotonic()
-        self.watchdog = asyncio.get_running_loop().call_later(max(0.0, assigned.deadline - self.task_started),
+        self.watchdog = asyncio.get_running_loop().call_later(max(assigned.deadline - self.task_started, grace_s),
                                                               self.overran)
         assigned.on_start()
 
