@@ -15,7 +15,9 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_fastapi_instrumentator.routing import get_route_name
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from yoso.observability.sent_status import StatusNotingSend
 
 UNMATCHED = "none"  # the handler of a request no route matches
 MAX_REMEMBERED = 1024  # paths whose template is remembered (a path with parameters is one entry per value)
@@ -60,18 +62,11 @@ class HttpMetrics:
             return
         started = time.perf_counter()
         handler, method = self.templates.of(scope), scope["method"]  # before the router adds to the scope
-        status = 500  # what the client gets if the app raises before answering
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sent = StatusNotingSend(send)
         self.in_flight.inc()
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, sent)
         finally:
             self.in_flight.dec()
-            self.requests.labels(handler, method, str(status)).inc()
+            self.requests.labels(handler, method, str(sent.status)).inc()
             self.seconds.labels(handler, method).observe(time.perf_counter() - started)

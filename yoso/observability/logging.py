@@ -15,11 +15,12 @@ import time
 from typing import Any
 
 from opentelemetry import trace
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
 
 from yoso.config import LogFormat, Settings, root_level
 from yoso.logformat import TEXT_FORMAT, JsonFormatter, resolved_service_name
+from yoso.observability.sent_status import StatusNotingSend
 from yoso.serving.admission import Ticket
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -77,21 +78,14 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the client gets if the app raises before answering
-
-        async def send_and_note_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sent = StatusNotingSend(send)
         try:
-            await self.app(scope, receive, send_and_note_status)
+            await self.app(scope, receive, sent)
         finally:
             fields: dict[str, Any] = {
                 "method": scope["method"],
                 "path": _printable(scope["path"]),
-                "status": status,
+                "status": sent.status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
             }
             message = "{method} {path} {status} {duration_ms} ms".format(**fields)

@@ -75,7 +75,7 @@ class WorkerPool:
 
     def tasks(self) -> dict[int, Running]:
         """The task each busy worker runs, by the worker's pid."""
-        return {w.process.pid: Running(w.task_kind, w.task_started) for w in self._workers if w.task is not None}
+        return {w.process.pid: w.running for w in self._workers if w.task is not None}
 
     def set_log_level(self, level: str) -> None:
         """Every worker logs at `level` (a YOSO_LOG_LEVEL name) from now on, and so does every replacement
