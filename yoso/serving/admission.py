@@ -20,6 +20,7 @@ yoso/serving/refusals.py).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import math
 import time
@@ -113,25 +114,24 @@ class WaitMargin:
         self.min_expected_s = budget_s * self.SHARE_OF_BUDGET
         self.clock = clock
         self._ratios: deque[tuple[float, float]] = deque()  # (when, actual / expected), oldest first
-        self._factor: float | None = 1.0  # None: to work out again (every admission check asks for it)
+        self._ordered: list[float] = []  # the same ratios, smallest first: every admission check reads a percentile
         self.last = 1.0  # the factor last applied: /metrics reads it from another thread
 
     def record(self, expected_s: float, actual_s: float) -> None:
         if expected_s >= self.min_expected_s:
-            self._ratios.append((self.clock(), actual_s / expected_s))
-            self._factor = None
+            ratio = actual_s / expected_s
+            self._ratios.append((self.clock(), ratio))
+            bisect.insort(self._ordered, ratio)
 
     def factor(self) -> float:
         """What to multiply an expected wait by (1 to MAX_FACTOR) so that 99 in 100 actual waits are shorter."""
         while self._ratios and self._ratios[0][0] < self.clock() - self.WINDOW_S:
-            self._ratios.popleft()
-            self._factor = None
-        if self._factor is None:
-            ordered = sorted(ratio for _, ratio in self._ratios)
-            self._factor = 1.0 if len(ordered) < self.MIN_SAMPLES else min(
-                self.MAX_FACTOR, max(1.0, ordered[int(0.99 * len(ordered))]))
-        self.last = self._factor
-        return self._factor
+            _, ratio = self._ratios.popleft()
+            del self._ordered[bisect.bisect_left(self._ordered, ratio)]
+        ordered = self._ordered
+        self.last = 1.0 if len(ordered) < self.MIN_SAMPLES else min(
+            self.MAX_FACTOR, max(1.0, ordered[int(0.99 * len(ordered))]))
+        return self.last
 
 
 @dataclass(eq=False)
