@@ -6,10 +6,13 @@ The live-server tests of each refusal (tests/test_serving.py) show the same rule
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 
 import pytest
 
-from yoso.serving.admission import MIN_REFUSALS_PER_S, Admission, Reason, Refused, TaskTimes, WaitMargin
+from yoso.serving.admission import MIN_REFUSALS_PER_S, Admission, Reason, Refused
+from yoso.serving.waits import TaskTimes, WaitMargin, run_in_turn
 from yoso.serving.refusals import REFUSAL_BURST_S, RETRY_AFTER_S, RefusalPace, ReturningClients
 from yoso.serving.tasks import Running
 
@@ -37,9 +40,9 @@ class Workers:
 
 class Queue:
     def __init__(self, waiting: int = 0) -> None:
-        self.models = [MODEL] * waiting
+        self.models = {MODEL: waiting}
 
-    def waiting_models(self) -> list[str]:
+    def queued_by_model(self) -> dict[str, int]:
         return self.models
 
 
@@ -70,7 +73,7 @@ def test_a_request_is_admitted_at_once_while_a_worker_is_idle():
     clock = Clock()
     workers = Workers(busy_since(clock, 0.0), None)
     ticket = admission(clock, workers, Queue()).enter(MODEL)
-    assert admission(clock, workers, Queue()).expected_wait_s(workers.running(), []) == 0
+    assert admission(clock, workers, Queue()).expected_wait_s(workers.running(), {}) == 0
     assert (ticket.model, ticket.deadline, ticket.hard_deadline) == (MODEL, clock.now + 30, clock.now + 30)
 
 
@@ -78,14 +81,27 @@ def test_the_expected_wait_runs_each_task_to_its_end_then_the_queue_in_order_on_
     clock = Clock()
     workers = Workers(busy_since(clock, 0.04), busy_since(clock, 0.01))  # free in 0.085 and 0.115 s
     gate = admission(clock, workers, Queue())
-    waits = [gate.expected_wait_s(workers.running(), [MODEL] * ahead) for ahead in range(4)]
+    waits = [gate.expected_wait_s(workers.running(), {MODEL: ahead}) for ahead in range(4)]
     assert waits == pytest.approx([0.085, 0.115, 0.085 + TASK_S, 0.115 + TASK_S])
+
+
+def test_waiting_tasks_given_to_the_workers_a_turn_at_a_time_leave_them_free_when_one_by_one_would():
+    rng = random.Random(16)
+    for _ in range(500):
+        free_at = [rng.uniform(0.0, 2.0) for _ in range(rng.randint(1, 6))]
+        seconds, tasks = rng.choice([0.01, 0.03, 0.125, 0.5]), rng.randint(0, 300)
+        one_by_one = sorted(free_at)
+        for _ in range(tasks):
+            heapq.heapreplace(one_by_one, one_by_one[0] + seconds)
+        in_turns = sorted(free_at)
+        run_in_turn(in_turns, tasks, seconds)
+        assert sorted(in_turns) == pytest.approx(sorted(one_by_one))
 
 
 def test_a_task_past_its_expected_time_is_expected_to_end_now():
     clock = Clock()
     workers = Workers(busy_since(clock, 5.0))
-    assert admission(clock, workers, Queue()).expected_wait_s(workers.running(), []) == 0
+    assert admission(clock, workers, Queue()).expected_wait_s(workers.running(), {}) == 0
 
 
 def test_the_budget_boundary_a_wait_equal_to_the_budget_is_admitted_any_more_is_refused():
@@ -166,7 +182,7 @@ def test_a_task_sent_ahead_to_a_busy_worker_counts_as_waiting_and_runs_after_tha
     kind = (MODEL, BUSY, 1)
     workers = Workers(Running(kind, clock.now - 0.04, then=kind), busy_since(clock, 0.01))  # free in 0.21, 0.115
     gate = admission(clock, workers, Queue())
-    waits = [gate.expected_wait_s(workers.running(), [MODEL] * ahead) for ahead in range(3)]
+    waits = [gate.expected_wait_s(workers.running(), {MODEL: ahead}) for ahead in range(3)]
     assert waits == pytest.approx([0.115, 0.085 + TASK_S, 0.115 + TASK_S])
     assert admission(clock, workers, Queue(1), max_queue=3).enter(MODEL)  # waiting: the one ahead, one queued
     assert refusal(admission(clock, workers, Queue(2), max_queue=3)).reason is Reason.queue_cap
@@ -229,7 +245,7 @@ def test_the_recheck_after_the_upload_counts_the_time_already_spent():
     gate = admission(clock, workers, queue)
     ticket = gate.enter(MODEL, timeout_s=1.0)
     clock.now += 0.5  # the upload took half the caller's time; meanwhile three requests arrived, one task began
-    queue.models = [MODEL] * 3
+    queue.models = {MODEL: 3}
     workers.tasks = [busy_since(clock, 0.0)]
     with pytest.raises(Refused) as refused:
         gate.recheck(ticket)  # 0.5 s of wait and 0.125 s of its own task no longer fit in the 0.5 s left
@@ -240,7 +256,7 @@ def test_until_a_task_time_is_known_only_the_caps_decide():
     clock = Clock()
     workers = Workers(busy_since(clock, 0.0))
     gate = admission(clock, workers, Queue(100), times=TaskTimes())
-    assert gate.expected_wait_s(workers.running(), [MODEL] * 100) == 0
+    assert gate.expected_wait_s(workers.running(), {MODEL: 100}) == 0
     assert gate.enter(MODEL) and gate.capacity_per_s() == 0
 
 
@@ -250,8 +266,8 @@ def test_waiting_requests_are_expected_to_run_in_batches():
     times.record((MODEL, BUSY, 4), 0.3)
     workers = Workers(busy_since(clock, 1.0))  # free now
     gate = admission(clock, workers, Queue(), times=times, max_batch_size=4)
-    assert gate.expected_wait_s(workers.running(), [MODEL] * 8) == pytest.approx(0.6)  # two batches of four
-    assert gate.expected_wait_s(workers.running(), [MODEL] * 9) == pytest.approx(0.6 + TASK_S)  # and one alone
+    assert gate.expected_wait_s(workers.running(), {MODEL: 8}) == pytest.approx(0.6)  # two batches of four
+    assert gate.expected_wait_s(workers.running(), {MODEL: 9}) == pytest.approx(0.6 + TASK_S)  # and one alone
 
 
 def test_one_task_far_slower_than_expected_moves_the_expectation_only_as_much_as_three_times_it():

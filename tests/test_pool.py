@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import time
+from types import SimpleNamespace
 
 from tests.support import EXPECTED_COUNTS, image_bytes
 from yoso.serving.pool import Exit, TaskNotStarted, TaskOverran, WorkerPool
@@ -189,6 +190,36 @@ def test_a_worker_past_its_patience_takes_no_task_ahead_and_a_task_begun_late_is
     within, past, watchdog_in_s = asyncio.run(check())
     assert within and not past
     assert 0.9 < watchdog_in_s <= 1.0
+
+
+def test_the_scheduler_counts_the_requests_still_waiting_in_its_queue_by_model_as_they_come_and_go():
+    class BusyPool:  # takes a task only when told it is free
+        free, config = 0, SimpleNamespace(models={"a": 1, "b": 1})
+
+        def threads_for_next_task(self) -> int:
+            return 1
+
+        def submit(self, task: Task, deadline: float, began) -> asyncio.Future:
+            self.free = 0
+            return asyncio.get_running_loop().create_future()
+
+    async def come_and_go():
+        pool = BusyPool()
+        scheduler = Scheduler(pool)
+        deadline = time.monotonic() + 60
+        futures = [scheduler.enqueue(model, 0.5, b"jpeg", False, deadline, 0.0) for model in ("a", "b", "a", "a")]
+        counts = [dict(scheduler.queued_by_model())]
+        futures[2].cancel()  # its caller gave up
+        await asyncio.sleep(0)
+        counts.append(dict(scheduler.queued_by_model()))
+        pool.free = 1
+        scheduler._dispatch()  # the oldest, an "a", goes to the worker
+        counts.append(dict(scheduler.queued_by_model()))
+        return counts, len(scheduler.queued())
+
+    counts, queued = asyncio.run(come_and_go())
+    assert counts == [{"a": 3, "b": 1}, {"a": 2, "b": 1}, {"a": 1, "b": 1}]
+    assert queued == 3  # the one sent to the worker still waits for it to begin
 
 
 async def _until(check) -> None:

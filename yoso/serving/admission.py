@@ -6,10 +6,11 @@ its budget: `YOSO_MAX_QUEUE_WAIT_MS` (2 s by default), and less when its caller 
 The expected wait comes from what the workers run now and what waits before it, at the task times the
 workers have shown: learned per kind of task (model, threads, requests), seeded by each worker's warm-up.
 It is stretched by how far recent waits ran past their expectation (the 99th percentile of actual /
-expected), so that the budget bounds nearly every wait, not the average one, however noisy the host.
-Two hard caps stand beside it: `YOSO_MAX_QUEUE` requests waiting (memory: each holds its upload) and
-`YOSO_MAX_UPLOADS` uploads still arriving (slow senders hold those places, never a worker). A request is
-checked at the edge, before a byte of its upload is read, and again before it is queued.
+expected), so that the budget bounds nearly every wait, not the average one, however noisy the host (the
+estimates: yoso/serving/waits.py). Two hard caps stand beside it: `YOSO_MAX_QUEUE` requests waiting
+(memory: each holds its upload) and `YOSO_MAX_UPLOADS` uploads still arriving (slow senders hold those
+places, never a worker). A request is checked at the edge, before a byte of its upload is read, and again
+before it is queued.
 
 Refusals are cheap, not free: most clients resend at once after a 503, and thousands a second would leave the
 workers no CPU. So a client refused again within its Retry-After waits that Retry-After out, and refusals are
@@ -20,18 +21,17 @@ yoso/serving/refusals.py).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import heapq
 import math
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar, Protocol
 
 from yoso.serving.refusals import RefusalPace, ReturningClients
-from yoso.serving.tasks import Running, TaskKind
+from yoso.serving.tasks import Running
+from yoso.serving.waits import TaskTimes, WaitMargin, run_in_turn
 
 REFUSALS_PER_SERVED = 4.0  # refusals answered at once per image/s the workers can serve ...
 MIN_REFUSALS_PER_S = 20.0  # ... and at least this many, however slow the model
@@ -65,73 +65,7 @@ class Workers(Protocol):
 class Queue(Protocol):
     """What admission reads of the queue in front of the workers."""
 
-    def waiting_models(self) -> list[str]: ...  # the model of every request waiting for a worker, oldest first
-
-
-class TaskTimes:
-    """How long a task takes, from handing it to a worker to its outcome: a moving average per kind."""
-
-    SMOOTHING = 0.1  # weight of the newest task: follows a host that slows down within a second or so of tasks
-    OUTLIER = 3.0  # a task counts at most this many times the expectation: one huge image must not move it far
-
-    def __init__(self) -> None:
-        self._seconds: dict[TaskKind, float] = {}
-
-    def known(self) -> dict[TaskKind, float]:
-        return dict(self._seconds)
-
-    def expected_s(self, kind: TaskKind) -> float:
-        """The learned time of this kind; else the model's time for one request at these threads, times the
-        requests; 0 when nothing of the model at these threads is known yet (admission then goes by the caps)."""
-        if kind in self._seconds:
-            return self._seconds[kind]
-        model, threads, requests = kind
-        return self._seconds.get((model, threads, 1), 0.0) * requests
-
-    def record(self, kind: TaskKind, seconds: float) -> None:
-        known = self._seconds.get(kind)
-        if known is None:
-            self._seconds[kind] = seconds
-        else:
-            self._seconds[kind] = known + self.SMOOTHING * (min(seconds, self.OUTLIER * known) - known)
-
-    def seed(self, kind: TaskKind, seconds: float) -> None:
-        """A first estimate (a worker's warm-up) of a kind nothing is known of yet; real tasks then move it."""
-        self._seconds.setdefault(kind, seconds)
-
-
-class WaitMargin:
-    """How far actual waits run past their expectation: the 99th percentile of actual / expected over the
-    waits of the last half minute that were expected to take a good part of the budget (shorter ones are
-    not at stake). Old waits age out, so a slow spell stretches expectations for half a minute at most."""
-
-    WINDOW_S = 30.0
-    MIN_SAMPLES = 32  # until then, 1: the expectation alone decides
-    MAX_FACTOR = 2.0  # past it the task times themselves are wrong, and they are learned apart
-    SHARE_OF_BUDGET = 0.25  # waits expected shorter than this share of the budget teach nothing
-
-    def __init__(self, budget_s: float, clock: Callable[[], float]) -> None:
-        self.min_expected_s = budget_s * self.SHARE_OF_BUDGET
-        self.clock = clock
-        self._ratios: deque[tuple[float, float]] = deque()  # (when, actual / expected), oldest first
-        self._ordered: list[float] = []  # the same ratios, smallest first: every admission check reads a percentile
-        self.last = 1.0  # the factor last applied: /metrics reads it from another thread
-
-    def record(self, expected_s: float, actual_s: float) -> None:
-        if expected_s >= self.min_expected_s:
-            ratio = actual_s / expected_s
-            self._ratios.append((self.clock(), ratio))
-            bisect.insort(self._ordered, ratio)
-
-    def factor(self) -> float:
-        """What to multiply an expected wait by (1 to MAX_FACTOR) so that 99 in 100 actual waits are shorter."""
-        while self._ratios and self._ratios[0][0] < self.clock() - self.WINDOW_S:
-            _, ratio = self._ratios.popleft()
-            del self._ordered[bisect.bisect_left(self._ordered, ratio)]
-        ordered = self._ordered
-        self.last = 1.0 if len(ordered) < self.MIN_SAMPLES else min(
-            self.MAX_FACTOR, max(1.0, ordered[int(0.99 * len(ordered))]))
-        return self.last
+    def queued_by_model(self) -> Mapping[str, int]: ...  # requests waiting for a worker (not those sent ahead)
 
 
 @dataclass(eq=False)
@@ -167,12 +101,12 @@ class Ticket:
 class Admission:
     """The policy: `enter` at the edge, `recheck` before queueing, `waited` after, `hold_refusal` on a 503."""
 
-    def __init__(self, workers: Workers, queue: Queue, times: TaskTimes, *, budget_s: float, max_queue: int,
-                 max_uploads: int, request_timeout_s: float, busy_threads: int, max_batch_size: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, workers: Workers, queue: Queue, times: TaskTimes | None = None, *, budget_s: float,
+                 max_queue: int, max_uploads: int, request_timeout_s: float, busy_threads: int,
+                 max_batch_size: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
         self.workers = workers
         self.queue = queue
-        self.times = times
+        self.times = TaskTimes() if times is None else times  # learned as tasks end (the service records them)
         self.budget_s = budget_s
         self.max_queue = max_queue
         self.max_uploads = max_uploads
@@ -215,18 +149,18 @@ class Admission:
         """A request waited `actual_s` for a worker where `expected_s` was expected: the margin learns from it."""
         self.margin.record(expected_s, actual_s)
 
-    def expected_wait_s(self, running: Sequence[Running | None], waiting: Sequence[str]) -> float:
-        """When a worker is expected to take a request queued now behind `waiting`: every worker runs its task
-        (and the one sent ahead to it) to its expected end, then the waiting requests in order (in batches), each on
-        the worker free first."""
+    def expected_wait_s(self, running: Sequence[Running | None], waiting: Mapping[str, int]) -> float:
+        """When a worker is expected to take a request queued now behind `waiting` (requests by model): every worker
+        runs its task (and the one sent ahead to it) to its expected end, then the waiting requests model by model
+        (in batches), each task on the worker free first. It costs the same however many requests wait."""
         now = self.clock()
         free_at = [0.0 if task is None else max(0.0, task.started + self.times.expected_s(task.kind) - now)
                    + (0.0 if task.then is None else self.times.expected_s(task.then)) for task in running]
         if not free_at:
             return math.inf
         heapq.heapify(free_at)
-        for model, images in self._batches(waiting):
-            heapq.heapreplace(free_at, free_at[0] + self.times.expected_s((model, self.busy_threads, images)))
+        for model, images, tasks in self._tasks(waiting):
+            run_in_turn(free_at, tasks, self.times.expected_s((model, self.busy_threads, images)))
         return free_at[0]
 
     def capacity_per_s(self) -> float:
@@ -256,15 +190,15 @@ class Admission:
 
     def _check(self, model: str, timeout_s: float, inputs: int = 1) -> float:
         """Refused unless it may wait (the caps; its first input: the budget; its last: its timeout); else how long."""
-        running, waiting = self.workers.running(), self.queue.waiting_models()
+        running, waiting = self.workers.running(), self.queue.queued_by_model()
         ahead = sum(task.then[2] for task in running if task is not None and task.then is not None)  # its inputs
-        would_wait = len(waiting) + ahead + inputs - sum(1 for task in running if task is None)
+        would_wait = sum(waiting.values()) + ahead + inputs - sum(1 for task in running if task is None)
         if would_wait > self.max_queue:
             raise Refused(Reason.queue_cap, f"The server is at capacity: {would_wait} requests would wait for a "
                                             f"worker (YOSO_MAX_QUEUE); retry after the Retry-After delay.")
         factor = self.margin.factor()
         first_s = self.expected_wait_s(running, waiting)
-        last_s = self.expected_wait_s(running, [*waiting, *[model] * (inputs - 1)]) if inputs > 1 else first_s
+        last_s = self.expected_wait_s(running, _then(waiting, model, inputs - 1)) if inputs > 1 else first_s
         left_s = timeout_s - self.times.expected_s((model, self.busy_threads, 1))
         for wait_s, allowed_s, bound in ((first_s * factor, self.budget_s, "its wait budget (YOSO_MAX_QUEUE_WAIT_MS)"),
                                          (last_s * factor, left_s, "what its timeout leaves after its own inference")):
@@ -274,15 +208,20 @@ class Admission:
                                              f"ms; retry after the Retry-After delay.")
         return last_s
 
-    def _batches(self, waiting: Sequence[str]) -> list[tuple[str, int]]:
-        """The waiting requests as the tasks they will run in: (model, images), oldest first."""
-        if self.max_batch_size == 1:
-            return [(model, 1) for model in waiting]
-        batches: list[tuple[str, int]] = []
-        for model, count in Counter(waiting).items():
+    def _tasks(self, waiting: Mapping[str, int]) -> list[tuple[str, int, int]]:
+        """The waiting requests as the tasks they will run in: (model, images per task, tasks)."""
+        tasks = []
+        for model, count in waiting.items():
             full, rest = divmod(count, self.max_batch_size)
-            batches += [(model, self.max_batch_size)] * full + ([(model, rest)] if rest else [])
-        return batches
+            tasks += [(model, self.max_batch_size, full)] * (full > 0) + [(model, rest, 1)] * (rest > 0)
+        return tasks
 
     def _upload_done(self) -> None:
         self.uploading -= 1
+
+
+def _then(waiting: Mapping[str, int], model: str, inputs: int) -> dict[str, int]:
+    """`waiting` with `inputs` more requests for `model`, its requests queued last."""
+    others = {other: count for other, count in waiting.items() if other != model}
+    return others | {model: waiting.get(model, 0) + inputs}
+

@@ -11,6 +11,7 @@ whose caller has given up (client gone, timeout) is dropped before it reaches a 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter, deque
@@ -39,6 +40,7 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     enqueued_ns: int = field(default_factory=time.time_ns)
     started_ns: int = 0  # when its task began on a worker (0: not yet)
+    counted: bool = False  # in Scheduler.queued_by_model: queued, and its caller still waits
 
     @property
     def batch_key(self) -> tuple[str, float, bool]:
@@ -52,6 +54,7 @@ class Scheduler:
         self.max_batch_delay_s = max_batch_delay_s
         self._queue: deque[Job] = deque()
         self._sent_ahead: list[Job] = []  # given to a busy worker, not begun: waiting still, though not queued
+        self._counted: Counter[str] = Counter()  # the queue's jobs whose callers still wait, by model
         self._timer: asyncio.TimerHandle | None = None
         self.abandoned = 0
         self.on_waited: Callable[[float, float], None] = lambda expected_s, waited_s: None
@@ -62,9 +65,10 @@ class Scheduler:
         /metrics from a thread: the lists are copied at once, never iterated while the loop may change them.)"""
         return [job for job in (*tuple(self._sent_ahead), *tuple(self._queue)) if not job.future.done()]
 
-    def waiting_models(self) -> list[str]:
-        """The model of every request in the queue, oldest first (not those sent ahead: see Running.then)."""
-        return [job.model for job in tuple(self._queue) if not job.future.done()]
+    def queued_by_model(self) -> Counter[str]:
+        """The requests in the queue whose callers still wait, by model (not those sent ahead: see Running.then).
+        Kept as jobs come and go: admission reads it for every request, however long the queue. Not to be changed."""
+        return self._counted
 
     def waiting_by_model(self) -> Counter[str]:
         return Counter(job.model for job in self.queued())
@@ -75,9 +79,18 @@ class Scheduler:
         Cancelling the future marks the job done: it is skipped, never run."""
         job = Job(model, confidence, data, annotate, deadline, expected_wait_s,
                   asyncio.get_running_loop().create_future())
+        job.future.add_done_callback(lambda _: self._count(job, False))  # its caller gave up, or it is answered
         self._queue.append(job)
+        self._count(job, True)
         self._dispatch()
         return job.future
+
+    def _count(self, job: Job, counted: bool) -> None:
+        if job.counted != counted:
+            job.counted = counted
+            self._counted[job.model] += 1 if counted else -1
+            if not self._counted[job.model]:
+                del self._counted[job.model]
 
     def _dispatch(self) -> None:
         while self.pool.free:
@@ -96,6 +109,7 @@ class Scheduler:
         now = time.monotonic()
         for job in abandoned:
             self._queue.remove(job)
+            self._count(job, False)
             if now - job.enqueued > job.expected_wait_s:
                 self.on_waited(job.expected_wait_s, now - job.enqueued)
         if abandoned:
@@ -103,9 +117,9 @@ class Scheduler:
             log.debug("dropped %d request(s) whose caller stopped waiting before inference", len(abandoned))
 
     def _take_batch(self) -> list[Job] | None:
-        head = self._queue[0]
-        batch = [job for job in self._queue if job.batch_key == head.batch_key]
-        batch = batch[: self.max_batch_size]
+        key = self._queue[0].batch_key
+        batch = list(itertools.islice((job for job in self._queue if job.batch_key == key), self.max_batch_size))
+        head = batch[0]
         wait = head.enqueued + self.max_batch_delay_s - time.monotonic()
         if len(batch) < self.max_batch_size and wait > 0:
             if self._timer is None:
@@ -113,6 +127,7 @@ class Scheduler:
             return None
         for job in batch:
             self._queue.remove(job)
+            self._count(job, False)
         return batch
 
     def _on_timer(self) -> None:
@@ -140,6 +155,8 @@ class Scheduler:
             for job in batch:
                 self._sent_ahead.remove(job)
             self._queue.extendleft(reversed(batch))
+            for job in batch:
+                self._count(job, not job.future.done())
             self._dispatch()
             return
         for i, job in enumerate(batch):

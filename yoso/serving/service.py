@@ -19,7 +19,7 @@ from yoso.config import Settings, WorkerPriority
 from yoso.cores import available_cores
 from yoso.model.registry import pull
 from yoso.model.repository import Repository
-from yoso.serving.admission import Admission, Reason, TaskTimes, Ticket
+from yoso.serving.admission import Admission, Reason, Ticket
 from yoso.serving.catalog import Catalog, CatalogError
 from yoso.serving.pool import Exit, PoolStartError, WorkerPool
 from yoso.serving.scheduler import Scheduler
@@ -95,7 +95,7 @@ class InferenceService:
         self.pool = WorkerPool(settings.workers, config, settings.startup_timeout_s)
         self.scheduler = Scheduler(self.pool, settings.max_batch_size, settings.max_batch_delay_ms / 1000)
         self.admission = Admission(
-            self.pool, self.scheduler, TaskTimes(),
+            self.pool, self.scheduler,
             budget_s=settings.max_queue_wait_ms / 1000,
             max_queue=settings.queue_limit,
             max_uploads=settings.max_uploads, request_timeout_s=settings.request_timeout_s,
