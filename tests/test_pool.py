@@ -194,7 +194,7 @@ def test_a_worker_past_its_patience_takes_no_task_ahead_and_a_task_begun_late_is
 
 def test_the_scheduler_counts_the_requests_still_waiting_in_its_queue_by_model_as_they_come_and_go():
     class BusyPool:  # takes a task only when told it is free
-        free, config = 0, SimpleNamespace(models={"a": 1, "b": 1})
+        free, config, on_idle = 0, SimpleNamespace(models={"a": 1, "b": 1}), None
 
         def threads_for_next_task(self) -> int:
             return 1
@@ -213,7 +213,7 @@ def test_the_scheduler_counts_the_requests_still_waiting_in_its_queue_by_model_a
         await asyncio.sleep(0)
         counts.append(dict(scheduler.queued_by_model()))
         pool.free = 1
-        scheduler._dispatch()  # the oldest, an "a", goes to the worker
+        pool.on_idle()  # the scheduler's dispatch: the oldest, an "a", goes to the worker
         counts.append(dict(scheduler.queued_by_model()))
         return counts, len(scheduler.queued())
 

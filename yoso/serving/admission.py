@@ -213,7 +213,10 @@ class Admission:
         tasks = []
         for model, count in waiting.items():
             full, rest = divmod(count, self.max_batch_size)
-            tasks += [(model, self.max_batch_size, full)] * (full > 0) + [(model, rest, 1)] * (rest > 0)
+            if full:
+                tasks.append((model, self.max_batch_size, full))
+            if rest:
+                tasks.append((model, rest, 1))
         return tasks
 
     def _upload_done(self) -> None:
@@ -224,4 +227,3 @@ def _then(waiting: Mapping[str, int], model: str, inputs: int) -> dict[str, int]
     """`waiting` with `inputs` more requests for `model`, its requests queued last."""
     others = {other: count for other, count in waiting.items() if other != model}
     return others | {model: waiting.get(model, 0) + inputs}
-

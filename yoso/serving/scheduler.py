@@ -15,8 +15,9 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from yoso.serving.pool import TaskNotStarted, WorkerPool
@@ -55,6 +56,7 @@ class Scheduler:
         self._queue: deque[Job] = deque()
         self._sent_ahead: list[Job] = []  # given to a busy worker, not begun: waiting still, though not queued
         self._counted: Counter[str] = Counter()  # the queue's jobs whose callers still wait, by model
+        self._counted_view = MappingProxyType(self._counted)
         self._timer: asyncio.TimerHandle | None = None
         self.abandoned = 0
         self.on_waited: Callable[[float, float], None] = lambda expected_s, waited_s: None
@@ -65,12 +67,13 @@ class Scheduler:
         /metrics from a thread: the lists are copied at once, never iterated while the loop may change them.)"""
         return [job for job in (*tuple(self._sent_ahead), *tuple(self._queue)) if not job.future.done()]
 
-    def queued_by_model(self) -> Counter[str]:
+    def queued_by_model(self) -> Mapping[str, int]:
         """The requests in the queue whose callers still wait, by model (not those sent ahead: see Running.then).
-        Kept as jobs come and go: admission reads it for every request, however long the queue. Not to be changed."""
-        return self._counted
+        Kept as jobs come and go: admission reads it for every request, however long the queue. Read-only."""
+        return self._counted_view
 
     def waiting_by_model(self) -> Counter[str]:
+        """Every request waiting for a worker, by model, those sent ahead included (/metrics)."""
         return Counter(job.model for job in self.queued())
 
     def enqueue(self, model: str, confidence: float, data: bytes | list[Any], annotate: bool, deadline: float,
