@@ -1,20 +1,21 @@
 """`python -m bench`: the raw model's limit, then the server under the load users make, in one run.
 
-Each round measures the raw model (decode + detect in-process, no HTTP), then the server with plain
-keep-alive clients (1, 4, 8, 32 and a retry storm of 128), yosoclient's polite retries (32, 128), and
-open-loop Poisson arrivals at 0.5, 0.8, 1 and 2 x the raw limit just measured. The host's speed drifts
-within minutes, so every server figure is compared with the raw runs on either side of its round; ratios
-are the medians of the rounds, latencies pool them. Every figure also carries the share of CPU time the
-host's hypervisor gave to other guests meanwhile (steal): one way the host slows a run, and the one it
-admits (shared caches and the other thread of each core do not show), and where the cores went in its
-window: the workers, the server process in front of them, the clients, other processes, idle (bench.cores).
+Each round measures the server with plain keep-alive clients (1, 4, 8, 32 and a retry storm of 128),
+yosoclient's polite retries (32, 128), and open-loop Poisson arrivals at 0.5, 0.8, 1 and 2 x the raw limit,
+and runs the raw model (decode + detect, no HTTP, kept loaded in processes of its own: bench.raw.RawNets)
+after every phase. The host's speed drifts by a tenth and more within a minute, so each server figure is
+compared with the raw runs just before and after it, and the open loop's rate is a multiple of the raw run
+just before it; ratios are the medians of the rounds, latencies pool them. Every figure also carries the
+share of CPU time the host's hypervisor gave to other guests meanwhile (steal): one way the host slows a run,
+and the one it admits (shared caches and the other thread of each core do not show), and where the cores went
+in its window: the workers, the server process in front of them, the clients, other processes, idle
+(bench.cores).
 Prints the table and the targets, writes the figures as JSON, and with --markdown the table as
 docs/benchmark.md shows it.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from bench.cores import CoreUse
 from bench.host import StealMeter
 from tests.live_server import LiveServer
 from bench.load import LoadResult, closed_loop, open_loop
-from bench.raw import installed_files, nets_per_core, one_net_all_cores, single_image_latency_ms
+from bench.raw import RawNets, installed_files, nets_per_core, one_net_all_cores, single_image_latency_ms
 from bench.report import Target, markdown_targets, percent, standard_json, worst
 from yoso.config import load_settings
 
@@ -151,43 +152,45 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
                nets_per_core(model, files, images, cores, seconds)]
     for layout in layouts:
         click.echo(f"  {layout.layout:26s} {layout.images_per_s:5.1f} img/s")
-    best_layout = nets_per_core if layouts[1].images_per_s >= layouts[0].images_per_s else one_net_all_cores
+    processes, threads = (cores, 1) if layouts[1].images_per_s >= layouts[0].images_per_s else (1, cores)
 
     raw_runs, raw_steal, latencies_ms = [], [], []
     results: dict[Phase, list[LoadResult]] = {phase: [] for phase in PHASES}
+    ratios: dict[Phase, list[float]] = {phase: [] for phase in PHASES}  # to the raw runs just before and after
     steal: dict[Phase, list[float]] = {phase: [] for phase in PHASES}
 
-    def raw_run() -> None:
-        with StealMeter() as meter:
-            raw_runs.append(best_layout(model, files, images, cores, seconds).images_per_s)
-        raw_steal.append(meter.share)
+    with tempfile.TemporaryDirectory(prefix="yoso-bench-") as logs, \
+            RawNets(model, files, images, processes, threads) as raw:
+        def raw_run() -> float:
+            with StealMeter() as meter:
+                raw_runs.append(raw.run(seconds).images_per_s)
+            raw_steal.append(meter.share)
+            return raw_runs[-1]
 
-    with tempfile.TemporaryDirectory(prefix="yoso-bench-") as logs:
         env = {"YOSO_PRELOAD_MODELS": model, "YOSO_DEFAULT_MODEL": model, "YOSO_WORKERS": str(workers),
                "YOSO_LOG_LEVEL": "warning"}
         live = LiveServer(env=env).start(Path(logs) / "server.log")
         try:
+            click.echo(f"opening raw run ({raw.layout}): {raw_run():.1f} img/s, host stole {percent(raw_steal[-1])}")
             for n in range(rounds):
-                raw_run()
                 latencies_ms.append(single_image_latency_ms(model, files, images, threads=cores))
-                click.echo(f"round {n + 1}: raw {raw_runs[-1]:.1f} img/s, one image {latencies_ms[-1]:.1f} ms, "
-                           f"host stole {percent(raw_steal[-1])}")
+                click.echo(f"round {n + 1}: one image {latencies_ms[-1]:.1f} ms")
                 for phase in PHASES:
+                    before = raw_runs[-1]
                     with StealMeter() as meter:
-                        results[phase].append(phase.run(live, image_paths, raw_runs[-1], seconds))
+                        result = phase.run(live, image_paths, before, seconds)
+                    after = raw_run()
+                    results[phase].append(result)
+                    ratios[phase].append(result.images_per_s / ((before + after) / 2))
                     steal[phase].append(meter.share)
-                    result = results[phase][-1]
-                    click.echo(f"  {phase.label:26s} {result.images_per_s:5.1f} img/s, refused {result.refused}, "
-                               f"cores {result.cores}, host stole {percent(meter.share)}")
-            raw_run()
-            click.echo(f"closing raw run: {raw_runs[-1]:.1f} img/s, host stole {percent(raw_steal[-1])}")
+                    click.echo(f"  {phase.label:26s} {result.images_per_s:5.1f} img/s ({ratios[phase][-1]:.2f} x raw), "
+                               f"refused {result.refused}, cores {result.cores}, host stole {percent(meter.share)}; "
+                               f"raw after {after:.1f} img/s")
         finally:
             live.stop()
 
-    brackets = [(before + after) / 2 for before, after in itertools.pairwise(raw_runs)]
     raw_limit, latency_ms = statistics.median(raw_runs), statistics.median(latencies_ms)
-    rows = [_row(phase, LoadResult.merged(results[phase]),
-                 [result.images_per_s / raw for result, raw in zip(results[phase], brackets)], steal[phase],
+    rows = [_row(phase, LoadResult.merged(results[phase]), ratios[phase], steal[phase],
                  [result.cores for result in results[phase]], cores)
             for phase in PHASES]
     click.echo(f"raw limit (best layout, median of {len(raw_runs)} runs): {raw_limit:.1f} img/s; one image, "

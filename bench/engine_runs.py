@@ -4,7 +4,7 @@ that their ratios are of one moment of the host.
 
 The raw limit is decode + detect in-process with the best layout of the cores (one net on all of them, or one
 single-threaded net per core), measured before the server and again, in that layout, after it: the limit is
-the mean of the two, as bench/__main__.py brackets its rounds. The server answers a lone plain client (its p50
+the mean of the two, as bench/__main__.py brackets its phases. The server answers a lone plain client (its p50
 is a request's latency when nothing else runs), then 4 plain keep-alive clients per worker (goodput). Each
 worker's resident memory is read with psutil once the server is ready (its workers loaded and warmed up) and
 again after the load. The stages are measured just before the server starts, so that the lone request's p50

@@ -4,6 +4,7 @@ at one precision (by default the settings', YOSO_ENGINE and YOSO_INFERENCE_PRECI
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import statistics
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from yoso.model.engines import open_engine
 from yoso.model.store import ModelFiles, ModelStore, read_labels
 from yoso.model.yolo import Yolo
 from yoso.model.zoo import ZOO
+
+LOAD_TIMEOUT_S = 300.0  # to load, compile and warm a model up, at most
 
 
 @dataclass(frozen=True)
@@ -68,34 +71,71 @@ def single_image_latency_ms(name: str, files: ModelFiles, images: list[bytes], t
     return statistics.median(timings) * 1000
 
 
+class RawNets:
+    """A layout of the raw model, kept loaded between runs: `processes` processes, one net each on `threads`
+    cores. A run then costs only its seconds, so that every phase of the benchmark can be bracketed by raw runs
+    just before and after it (the host's speed drifts within a minute). Between runs the processes sleep."""
+
+    def __init__(self, name: str, files: ModelFiles, images: list[bytes], processes: int, threads: int,
+                 engine: str | None = None, precision: str | None = None) -> None:
+        self.layout = (f"1 net x {threads} threads" if processes == 1
+                       else f"{processes} processes x {threads} thread{'s' * (threads > 1)}")
+        context = multiprocessing.get_context("spawn")
+        self._start, self._counts = context.Barrier(processes + 1), context.Queue()
+        self._orders = [context.Queue() for _ in range(processes)]
+        job = (name, files, images, threads, engine, precision, self._start, self._counts)
+        self._processes = [context.Process(target=_run_on_order, args=(*job, orders), daemon=True)
+                           for orders in self._orders]
+        for process in self._processes:
+            process.start()
+        for _ in self._processes:
+            self._count(LOAD_TIMEOUT_S)  # each says it is loaded
+
+    def run(self, seconds: float) -> RawResult:
+        """Images per second over `seconds`, every net running at once."""
+        for orders in self._orders:
+            orders.put(seconds)
+        self._start.wait(LOAD_TIMEOUT_S)
+        started = time.perf_counter()
+        done = sum(self._count(seconds + LOAD_TIMEOUT_S) for _ in self._processes)
+        return RawResult(self.layout, done / (time.perf_counter() - started))
+
+    def _count(self, timeout_s: float) -> int:
+        try:
+            return self._counts.get(timeout=timeout_s)
+        except queue.Empty:
+            raise RuntimeError(f"a raw-model process ({self.layout}) stopped answering") from None
+
+    def close(self) -> None:
+        for orders in self._orders:
+            orders.put(None)
+        for process in self._processes:
+            process.join()
+
+    def __enter__(self) -> RawNets:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _run_on_order(name: str, files: ModelFiles, images: list[bytes], threads: int, engine: str | None,
+                  precision: str | None, start, counts, orders) -> None:
+    model = load_model(name, files, threads, engine, precision)
+    counts.put(0)
+    while (seconds := orders.get()) is not None:
+        start.wait()
+        counts.put(_loop(model, images, seconds))
+
+
 def one_net_all_cores(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float,
                       engine: str | None = None, precision: str | None = None) -> RawResult:
-    model = load_model(name, files, cores, engine, precision)
-    started = time.perf_counter()
-    done = _loop(model, images, seconds)
-    return RawResult(f"1 net x {cores} threads", done / (time.perf_counter() - started))
-
-
-def _process_main(name: str, files: ModelFiles, images: list[bytes], seconds: float, engine: str | None,
-                  precision: str | None, start, results) -> None:
-    model = load_model(name, files, 1, engine, precision)
-    start.wait()
-    results.put(_loop(model, images, seconds))
+    with RawNets(name, files, images, 1, cores, engine, precision) as nets:
+        return nets.run(seconds)
 
 
 def nets_per_core(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float,
                   engine: str | None = None, precision: str | None = None) -> RawResult:
     """One single-threaded net per core, each in its own process."""
-    context = multiprocessing.get_context("spawn")
-    start, results = context.Barrier(cores + 1), context.Queue()
-    job = (name, files, images, seconds, engine, precision, start, results)
-    processes = [context.Process(target=_process_main, args=job) for _ in range(cores)]
-    for process in processes:
-        process.start()
-    start.wait()
-    started = time.perf_counter()
-    done = sum(results.get() for _ in processes)
-    elapsed = time.perf_counter() - started
-    for process in processes:
-        process.join()
-    return RawResult(f"{cores} processes x 1 thread", done / elapsed)
+    with RawNets(name, files, images, cores, 1, engine, precision) as nets:
+        return nets.run(seconds)
