@@ -78,8 +78,8 @@ class RawNets:
 
     def __init__(self, name: str, files: ModelFiles, images: list[bytes], processes: int, threads: int,
                  engine: str | None = None, precision: str | None = None) -> None:
-        self.layout = (f"1 net x {threads} threads" if processes == 1
-                       else f"{processes} processes x {threads} thread{'s' * (threads > 1)}")
+        nets = "1 net" if processes == 1 else f"{processes} processes"
+        self.layout = f"{nets} x {threads} thread{'s' * (threads > 1)}"
         context = multiprocessing.get_context("spawn")
         self._start, self._counts = context.Barrier(processes + 1), context.Queue()
         self._orders = [context.Queue() for _ in range(processes)]
@@ -130,6 +130,7 @@ def _run_on_order(name: str, files: ModelFiles, images: list[bytes], threads: in
 
 def one_net_all_cores(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float,
                       engine: str | None = None, precision: str | None = None) -> RawResult:
+    """One net on every core."""
     with RawNets(name, files, images, 1, cores, engine, precision) as nets:
         return nets.run(seconds)
 
