@@ -33,7 +33,7 @@ from bench.cores import CoreUse
 from bench.host import StealMeter
 from tests.live_server import LiveServer
 from bench.load import LoadResult, closed_loop, open_loop
-from bench.raw import RawNets, installed_files, nets_per_core, one_net_all_cores, single_image_latency_ms
+from bench.raw import RawNets, best, every_layout, installed_files, single_image_latency_ms
 from bench.report import Target, markdown_targets, percent, standard_json, worst
 from yoso.config import load_settings
 
@@ -148,11 +148,9 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
                f"phase, {rounds} rounds, wait budget {budget_s:g} s")
 
     click.echo("raw model, in-process (decode + detect, no HTTP):")
-    layouts = [one_net_all_cores(model, files, images, cores, seconds),
-               nets_per_core(model, files, images, cores, seconds)]
+    layouts = every_layout(model, files, images, cores, seconds)
     for layout in layouts:
         click.echo(f"  {layout.layout:26s} {layout.images_per_s:5.1f} img/s")
-    processes, threads = (cores, 1) if layouts[1].images_per_s >= layouts[0].images_per_s else (1, cores)
 
     raw_runs, raw_steal, latencies_ms = [], [], []
     results: dict[Phase, list[LoadResult]] = {phase: [] for phase in PHASES}
@@ -160,7 +158,7 @@ def main(model: str, image_dir: Path, seconds: float, rounds: int, out: Path, ma
     steal: dict[Phase, list[float]] = {phase: [] for phase in PHASES}
 
     with tempfile.TemporaryDirectory(prefix="yoso-bench-") as logs, \
-            RawNets(model, files, images, processes, threads) as raw:
+            RawNets(model, files, images, best(layouts).processes, best(layouts).threads) as raw:
         def raw_run() -> float:
             with StealMeter() as meter:
                 raw_runs.append(raw.run(seconds).images_per_s)

@@ -23,7 +23,7 @@ import psutil
 from bench.host import StealMeter
 from bench.load import closed_loop
 from bench.others import OthersMeter
-from bench.raw import RawResult, nets_per_core, one_net_all_cores
+from bench.raw import RawNets, RawResult, best, every_layout
 from bench.stages import stages_in_own_process
 from tests.live_server import LiveServer
 from yoso.model.store import ModelFiles
@@ -49,7 +49,7 @@ class EngineRun:
 
     @property
     def raw_limit(self) -> float:
-        return (max(layout.images_per_s for layout in self.layouts) + self.closing_raw.images_per_s) / 2
+        return (best(self.layouts).images_per_s + self.closing_raw.images_per_s) / 2
 
 
 def worker_rss_mb(server_pid: int) -> list[float]:
@@ -82,9 +82,7 @@ def run_engine(model: str, files: ModelFiles, engine: str, precision: str, image
     image_bytes = [path.read_bytes() for path in images]
     choice = dict(engine=engine, precision=precision)
     with StealMeter() as steal, OthersMeter() as others:
-        layouts = [one_net_all_cores(model, files, image_bytes, cores, seconds, **choice),
-                   nets_per_core(model, files, image_bytes, cores, seconds, **choice)]
-        best_layout = nets_per_core if layouts[1].images_per_s >= layouts[0].images_per_s else one_net_all_cores
+        layouts = every_layout(model, files, image_bytes, cores, seconds, **choice)
         stages_ms = stages_in_own_process(model, files, engine, precision, image_bytes, cores, stage_passes)
         env = {"YOSO_PRELOAD_MODELS": model, "YOSO_DEFAULT_MODEL": model, "YOSO_WORKERS": str(workers),
                "YOSO_LOG_LEVEL": "warning", "YOSO_ENGINE": engine, "YOSO_INFERENCE_PRECISION": precision}
@@ -101,7 +99,8 @@ def run_engine(model: str, files: ModelFiles, engine: str, precision: str, image
             rss_served = worker_rss_mb(live.process.pid)
         finally:
             live.stop()
-        closing = best_layout(model, files, image_bytes, cores, seconds, **choice)
+        with RawNets(model, files, image_bytes, best(layouts).processes, best(layouts).threads, **choice) as nets:
+            closing = nets.run(seconds)
     return EngineRun(layouts, closing, stages_ms, lone.ok_ms(0.5), busy.images_per_s, busy.refused + lone.refused,
                      busy.errors + lone.errors, rss_ready, rss_served, steal.share, others.share)
 

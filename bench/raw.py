@@ -27,6 +27,8 @@ LOAD_TIMEOUT_S = 300.0  # to load, compile and warm a model up, at most
 class RawResult:
     layout: str
     images_per_s: float
+    processes: int  # the layout: processes of one net each ...
+    threads: int  # ... on this many threads
 
 
 def installed_files(model: str) -> ModelFiles:
@@ -78,6 +80,7 @@ class RawNets:
 
     def __init__(self, name: str, files: ModelFiles, images: list[bytes], processes: int, threads: int,
                  engine: str | None = None, precision: str | None = None) -> None:
+        self.processes, self.threads = processes, threads
         nets = "1 net" if processes == 1 else f"{processes} processes"
         self.layout = f"{nets} x {threads} thread{'s' * (threads > 1)}"
         context = multiprocessing.get_context("spawn")
@@ -98,7 +101,7 @@ class RawNets:
         self._start.wait(LOAD_TIMEOUT_S)
         started = time.perf_counter()
         done = sum(self._count(seconds + LOAD_TIMEOUT_S) for _ in self._processes)
-        return RawResult(self.layout, done / (time.perf_counter() - started))
+        return RawResult(self.layout, done / (time.perf_counter() - started), self.processes, self.threads)
 
     def _count(self, timeout_s: float) -> int:
         try:
@@ -128,15 +131,15 @@ def _run_on_order(name: str, files: ModelFiles, images: list[bytes], threads: in
         counts.put(_loop(model, images, seconds))
 
 
-def one_net_all_cores(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float,
-                      engine: str | None = None, precision: str | None = None) -> RawResult:
-    """One net on every core."""
-    with RawNets(name, files, images, 1, cores, engine, precision) as nets:
-        return nets.run(seconds)
+def every_layout(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float,
+                 engine: str | None = None, precision: str | None = None) -> list[RawResult]:
+    """One run of each layout of the cores: one net on every core, then one single-threaded net per core."""
+    results = []
+    for processes, threads in ((1, cores), (cores, 1)):
+        with RawNets(name, files, images, processes, threads, engine, precision) as nets:
+            results.append(nets.run(seconds))
+    return results
 
 
-def nets_per_core(name: str, files: ModelFiles, images: list[bytes], cores: int, seconds: float,
-                  engine: str | None = None, precision: str | None = None) -> RawResult:
-    """One single-threaded net per core, each in its own process."""
-    with RawNets(name, files, images, cores, 1, engine, precision) as nets:
-        return nets.run(seconds)
+def best(layouts: list[RawResult]) -> RawResult:
+    return max(layouts, key=lambda layout: layout.images_per_s)
