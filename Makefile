@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODELS := yolov3-tiny yolov4-tiny
 
-.PHONY: run dev test install install-dev models system-deps bench bench-engines clean
+.PHONY: run dev test install install-dev models system-deps bench bench-engines bench-ceiling clean
 
 run: models
 	$(PY) -m yoso.server
@@ -20,6 +20,9 @@ bench: models
 
 bench-engines: models
 	$(PY) -m bench.engines --markdown
+
+bench-ceiling: models
+	$(PY) -m bench.ceiling
 
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev

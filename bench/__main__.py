@@ -33,6 +33,7 @@ from bench.cores import CoreUse
 from bench.host import StealMeter
 from tests.live_server import LiveServer
 from bench.load import LoadResult, closed_loop, open_loop
+from bench.options import images_option, model_option, rounds_option
 from bench.raw import RawNets, best, every_layout, installed_files, single_image_latency_ms
 from bench.report import Target, markdown_targets, percent, standard_json, worst
 from yoso.config import load_settings
@@ -123,12 +124,10 @@ def _targets(rows: dict[str, dict], latency_ms: float, budget_s: float, task_ms:
 
 
 @click.command()
-@click.option("--model", default="yolov3-tiny", show_default=True, help="Model to benchmark.")
-@click.option("--images", "image_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=Path("tests/data"), show_default=True, help="Directory of JPEG sample images.")
+@model_option
+@images_option
 @click.option("--seconds", default=6.0, show_default=True, help="Measured seconds per phase.")
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 20),
-              help="Rounds of raw model then every phase; ratios are the medians of the rounds.")
+@rounds_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/results/latest.json"),
               show_default=True, help="Where to write the JSON figures.")
 @click.option("--markdown", is_flag=True, help="Also print the table as Markdown (docs/benchmark.md's).")

@@ -26,6 +26,7 @@ import openvino
 
 from bench.engine_runs import CLIENTS_PER_WORKER, EngineRun, run_engine
 from bench.host import StealMeter
+from bench.options import images_option, model_option
 from bench.others import OthersMeter
 from bench.raw import installed_files
 from bench.report import Target, markdown_targets, percent, standard_json, worst
@@ -139,9 +140,8 @@ def echo_row(label: str, r: dict) -> None:
 
 
 @click.command()
-@click.option("--model", default="yolov3-tiny", show_default=True, help="Model to benchmark.")
-@click.option("--images", "image_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=Path("tests/data"), show_default=True, help="Directory of JPEG sample images.")
+@model_option
+@images_option
 @click.option("--seconds", default=10.0, show_default=True,
               help="Measured seconds per phase (the default run takes about 4 minutes).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/results/engines.json"),

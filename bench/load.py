@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,26 +96,31 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def closed_loop(host: str, port: int, path: str, images: list[Path], concurrency: int, seconds: float,
-                client: str = "plain", warmup_s: float = 2.0, server_pid: int | None = None) -> LoadResult:
+                client: str = "plain", warmup_s: float = 2.0, server_pid: int | None = None,
+                alongside: Callable[[], object] | None = None) -> LoadResult:
     """`concurrency` clients, each sending its next request when the last is answered; `warmup_s` unmeasured.
-    With `server_pid`, the result also says where the cores went in the measured window."""
+    With `server_pid`, the result also says where the cores went in the measured window. `alongside()` is called
+    in this thread when the measured window opens (and should end within it)."""
     processes = min(concurrency, MAX_CLIENT_PROCESSES[client])
     threads = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     job = {"kind": client, "host": host, "port": port, "path": path, "images": [str(image) for image in images]}
     return _run([job | {"threads": n, "first": sum(threads[:i])} for i, n in enumerate(threads)], seconds, warmup_s,
-                server_pid)
+                server_pid, alongside)
 
 
 def open_loop(host: str, port: int, path: str, images: list[Path], rate: float, seconds: float,
-              warmup_s: float = 3.0, server_pid: int | None = None) -> LoadResult:
+              warmup_s: float = 3.0, server_pid: int | None = None,
+              alongside: Callable[[], object] | None = None) -> LoadResult:
     """Poisson arrivals at `rate` per second for `warmup_s` unmeasured, then `seconds`; every request is
-    answered before this returns. A request counts in the window it was sent in. `server_pid`: as closed_loop."""
+    answered before this returns. A request counts in the window it was sent in. `server_pid` and `alongside`:
+    as closed_loop."""
     job = {"kind": "poisson", "host": host, "port": port, "path": path, "images": [str(image) for image in images],
            "rate": rate / OPEN_LOOP_PROCESSES, "threads": OPEN_LOOP_THREADS}
-    return _run([job | {"first": i} for i in range(OPEN_LOOP_PROCESSES)], seconds, warmup_s, server_pid)
+    return _run([job | {"first": i} for i in range(OPEN_LOOP_PROCESSES)], seconds, warmup_s, server_pid, alongside)
 
 
-def _run(jobs: list[dict], seconds: float, warmup_s: float, server_pid: int | None) -> LoadResult:
+def _run(jobs: list[dict], seconds: float, warmup_s: float, server_pid: int | None,
+         alongside: Callable[[], object] | None = None) -> LoadResult:
     processes = [subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True) for _ in jobs]
     try:
@@ -132,6 +138,9 @@ def _run(jobs: list[dict], seconds: float, warmup_s: float, server_pid: int | No
         result = LoadResult(seconds)
         if server_pid is not None:
             result.cores = _cores_in_window(server_pid, processes, measure_from, seconds)
+        if alongside is not None:
+            time.sleep(max(0.0, measure_from - time.monotonic()))
+            alongside()
         for process in processes:
             result.add(json.loads(process.stdout.readline()))
     finally:

@@ -103,3 +103,20 @@ def test_the_engine_benchmark_measures_every_engine_raw_and_served_and_prints_ev
     for header in ("| engine | inference alone ms (1 thread) |", "| engine | decode | resize + blob | inference |",
                    "| target | measured | bound | |"):
         assert header in result.stdout
+
+
+def test_the_ceiling_runs_the_raw_model_beside_each_load_on_a_bare_front_and_prints_every_ratio(model_store):
+    result = subprocess.run([sys.executable, "-m", "bench.ceiling", "--seconds", "1", "--rounds", "1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "raw model as " in result.stdout
+    loads = ["plain, 4 clients", "plain, 8 clients", "plain, 32 clients", "open loop, 2 x raw"]
+    for load in loads:
+        # the front answered (it reads each upload: a load that failed would count no image), and the raw model ran
+        # beside it: a ratio that is a number and not a spell of nothing
+        line = re.search(rf"^round 1, {re.escape(load)} +raw +([\d.]+) \| beside +([\d.]+) while the front "
+                         rf"answered +([\d.]+)/s \| raw +([\d.]+) img/s: ([\d.]+) x raw$", result.stdout, re.MULTILINE)
+        assert line, (load, result.stdout)
+        before, beside, answered, after, ratio = map(float, line.groups())
+        assert min(before, beside, answered, after) > 0 and 0.3 < ratio < 1.5, line.group(0)
+        assert re.search(rf"^\| {re.escape(load)} \| [\d.]+ \| [\d.]+ \| >= 0\.9", result.stdout, re.MULTILINE)
