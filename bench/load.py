@@ -99,8 +99,8 @@ def closed_loop(host: str, port: int, path: str, images: list[Path], concurrency
                 client: str = "plain", warmup_s: float = 2.0, server_pid: int | None = None,
                 alongside: Callable[[], object] | None = None) -> LoadResult:
     """`concurrency` clients, each sending its next request when the last is answered; `warmup_s` unmeasured.
-    With `server_pid`, the result also says where the cores went in the measured window. `alongside()` is called
-    in this thread when the measured window opens (and should end within it)."""
+    With `server_pid`, the result also says where the cores went in the measured window. Without it, `alongside()` is
+    called in this thread when the measured window opens (and should end within it)."""
     processes = min(concurrency, MAX_CLIENT_PROCESSES[client])
     threads = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     job = {"kind": client, "host": host, "port": port, "path": path, "images": [str(image) for image in images]}
@@ -138,7 +138,7 @@ def _run(jobs: list[dict], seconds: float, warmup_s: float, server_pid: int | No
         result = LoadResult(seconds)
         if server_pid is not None:
             result.cores = _cores_in_window(server_pid, processes, measure_from, seconds)
-        if alongside is not None:
+        elif alongside is not None:
             time.sleep(max(0.0, measure_from - time.monotonic()))
             alongside()
         for process in processes:
