@@ -15,13 +15,13 @@ dev: models
 test: install-dev models system-deps
 	$(PY) -m pytest
 
-bench: models
+bench: install-dev models
 	$(PY) -m bench --markdown
 
-bench-engines: models
+bench-engines: install-dev models
 	$(PY) -m bench.engines --markdown
 
-bench-ceiling: models
+bench-ceiling: install-dev models
 	$(PY) -m bench.ceiling
 
 install: $(VENV)/.runtime

@@ -21,7 +21,10 @@ def test_a_message_larger_than_any_socket_buffer_crosses_both_ways_while_the_loo
         wire.send(theirs, wire.receive(theirs))
 
     async def round_trip() -> tuple[object, int]:
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        loop = asyncio.get_running_loop()
+        arrived, closed = loop.create_future(), loop.create_future()
+        transport, _ = await loop.create_unix_connection(
+            lambda: wire.Messages(arrived.set_result, lambda: closed.set_result(None)), sock=ours)
         ticks = 0
 
         async def tick() -> None:
@@ -31,10 +34,11 @@ def test_a_message_larger_than_any_socket_buffer_crosses_both_ways_while_the_loo
                 await asyncio.sleep(0)
 
         ticker = asyncio.create_task(tick())
-        writer.write(wire.encode(task))  # returns at once: the transport sends what the socket cannot take yet
-        echoed = await wire.read(reader)
+        transport.write(wire.encode(task))  # returns at once: the transport sends what the socket cannot take yet
+        echoed = await arrived
         ticker.cancel()
-        writer.close()
+        transport.close()
+        await closed
         return echoed, ticks
 
     echoer = threading.Thread(target=echo)
@@ -46,23 +50,42 @@ def test_a_message_larger_than_any_socket_buffer_crosses_both_ways_while_the_loo
     assert ticks > 10  # the loop kept running while 16 MB went through
 
 
+def received_until_closed(chunks: list[bytes]) -> list[object]:
+    """The messages the event loop's end reads from a peer that sends `chunks` one by one, then closes."""
+    ours, theirs = socket.socketpair()
+
+    def send_and_close() -> None:
+        for chunk in chunks:
+            theirs.sendall(chunk)
+        theirs.close()
+
+    async def read_all() -> list[object]:
+        loop = asyncio.get_running_loop()
+        received, closed = [], loop.create_future()
+        await loop.create_unix_connection(lambda: wire.Messages(received.append, lambda: closed.set_result(None)),
+                                          sock=ours)
+        sender = threading.Thread(target=send_and_close)
+        sender.start()
+        await closed
+        sender.join()
+        return received
+
+    return asyncio.run(read_all())
+
+
+def test_messages_arrive_whole_and_in_order_however_the_bytes_are_cut():
+    messages = [f"message {i}" * i for i in range(50)]
+    stream = b"".join(wire.encode(message) for message in messages)
+    assert received_until_closed([stream]) == messages  # many in one read
+    assert received_until_closed([stream[i:i + 7] for i in range(0, len(stream), 7)]) == messages  # split anywhere
+
+
 def test_a_closed_peer_is_the_end_of_messages_on_either_end():
     ours, theirs = socket.socketpair()
     theirs.close()
     with pytest.raises(EOFError):
         wire.receive(ours)
-
-    async def read_from_closed() -> None:
-        first, second = socket.socketpair()
-        second.close()
-        reader, writer = await asyncio.open_unix_connection(sock=first)
-        try:
-            with pytest.raises(asyncio.IncompleteReadError):
-                await wire.read(reader)
-        finally:
-            writer.close()
-
-    asyncio.run(read_from_closed())
+    assert received_until_closed([]) == []
 
 
 def test_a_message_cut_short_is_an_error_not_a_partial_message():
@@ -71,3 +94,4 @@ def test_a_message_cut_short_is_an_error_not_a_partial_message():
     theirs.close()
     with pytest.raises(EOFError):
         wire.receive(ours)
+    assert received_until_closed([wire.encode("whole"), wire.encode("a message of some length")[:-3]]) == ["whole"]

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from yoso.config import METRICS_PATH
+from yoso.observability.children import Children
 from yoso.observability.http_metrics import HttpMetrics
 from yoso.serving.admission import Reason
 from yoso.serving.pool import Exit
@@ -109,40 +110,45 @@ class MetricsObserver:
     """An InferenceObserver that turns each processed image and each forward pass into metrics."""
 
     def __init__(self, metrics: InferenceMetrics) -> None:
-        self.metrics = metrics
+        self.metrics = m = metrics
+        self.images, self.version_inputs = Children(m.images), Children(m.version_inputs)
+        self.queue_wait_seconds, self.images_without_detections = (Children(m.queue_wait_seconds),
+                                                                   Children(m.images_without_detections))
+        self.detections, self.confidence = Children(m.detections), Children(m.confidence)
+        self.inference_seconds, self.stage_seconds = Children(m.inference_seconds), Children(m.stage_seconds)
 
     def image_done(self, model: str, endpoint: str, confidence: float, image: JobOutcome,
                    task: TaskOutcome) -> None:
         m = self.metrics
-        m.images.labels(model, endpoint).inc()
-        m.version_inputs.labels(model, str(task.version)).inc()
+        self.images(model, endpoint).inc()
+        self.version_inputs(model, str(task.version)).inc()
         if image.queue is not None:
-            m.queue_wait_seconds.labels(model).observe(_seconds(image.queue))
+            self.queue_wait_seconds(model).observe(_seconds(image.queue))
         m.input_megapixels.observe(image.width * image.height / 1e6)
         if image.decode is not None:
             m.decode_seconds.observe(_seconds(image.decode))
         if image.encode is not None:
             m.annotate_encode_seconds.observe(_seconds(image.encode))
         if not image.detections:
-            m.images_without_detections.labels(model).inc()
+            self.images_without_detections(model).inc()
         for detection in image.detections:
-            m.detections.labels(model, detection.label).inc()
-            m.confidence.labels(model).observe(detection.confidence)
+            self.detections(model, detection.label).inc()
+            self.confidence(model).observe(detection.confidence)
 
     def predictions_done(self, model: str, endpoint: str, confidence: float, job: JobOutcome,
                          task: TaskOutcome) -> None:
         if job.queue is not None:
-            self.metrics.queue_wait_seconds.labels(model).observe(_seconds(job.queue))
+            self.queue_wait_seconds(model).observe(_seconds(job.queue))
         self.metrics.instances.labels(model).inc(len(job.predictions or ()))
-        self.metrics.version_inputs.labels(model, str(task.version)).inc(len(job.predictions or ()))
+        self.version_inputs(model, str(task.version)).inc(len(job.predictions or ()))
 
     def task_done(self, model: str, task: TaskOutcome) -> None:
         """A batch is one run of the model shared by its requests: counted once, even if its callers left."""
         m = self.metrics
         if task.inference is not None:
-            m.inference_seconds.labels(model, *m.runtimes[model]).observe(_seconds(task.inference))
+            self.inference_seconds(model, *m.runtimes[model]).observe(_seconds(task.inference))
         for stage, interval in task.stages:
-            m.stage_seconds.labels(model, stage).observe(_seconds(interval))
+            self.stage_seconds(model, stage).observe(_seconds(interval))
         for statistic, value in task.records:
             m.model_statistic.labels(model, statistic).observe(value)
 

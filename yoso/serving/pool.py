@@ -5,16 +5,15 @@ each worker, and keeps every worker alive or replaced: a worker that dies is rep
 with an error; a worker still loading past the start-up bound, or still running a task past the deadline of
 every request in it, is killed and replaced the same way. When no worker is idle, a busy worker may have one
 more task sent ahead: it begins the moment the running one ends, without waiting for the event loop to hear
-of the end and answer (that left the cores idle about 2% of the time under load). Each worker's socket is
-read and written by the event loop itself (yoso.serving.wire): a task reaches its worker and an outcome
-reaches its caller without a thread handing it over. A log level set at run time reaches every worker the
-same way.
+of the end and answer (that left the cores idle about 2% of the time under load). The event loop itself reads
+and writes each worker's socket (yoso.serving.wire): no thread hands a task or an outcome over, nor a log level.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import socket
 import time
@@ -111,10 +110,8 @@ class WorkerPool:
         return assigned.outcome
 
     async def stop(self) -> None:
-        """End every worker's stream of tasks (a worker exits when it reads the end), then reap it.
-
-        Only the server's direction is shut: a task still running is answered before its worker exits.
-        """
+        """End every worker's stream of tasks (a worker exits when it reads the end), then reap it. Only the
+        server's direction is shut: a task still running is answered before its worker exits."""
         self._closing = True
         stopping = list(self._workers)  # each worker leaves self._workers as its socket closes
         for w in stopping:
@@ -134,27 +131,36 @@ class WorkerPool:
         theirs.close()
         w = WorkerProcess(process, loop.create_future(), ours, entries=self.config.models)
         self._workers.append(w)
-        w.listener = loop.create_task(self._listen(w, self.config.log_level), name=f"yoso-worker-{process.pid}")
-        w.watchdog = loop.call_later(self.startup_timeout_s, self._start_overdue, w)
+        w.connecting = loop.create_task(self._connect(w, self.config.log_level), name=f"yoso-worker-{process.pid}")
+        w.watchdog = loop.call_later(self.startup_timeout_s, w.start_overdue, self.startup_timeout_s)
         return w
 
-    async def _listen(self, w: WorkerProcess, spawned_at: str) -> None:
-        """Every message of one worker, in order, until its socket closes; then the worker is gone.
-        (`spawned_at`: the log level the worker was started with; the level may have changed since.)"""
+    async def _connect(self, w: WorkerProcess, spawned_at: str) -> None:
+        """Read the worker's socket on the event loop: each message as it arrives, then its exit when the socket
+        closes. (`spawned_at`: the log level it was started with; the level may have changed since.)"""
+        messages = wire.Messages(functools.partial(self._received, w), functools.partial(self._closed, w))
         try:
-            reader, w.writer = await asyncio.open_unix_connection(sock=w.socket)
-            if self.config.log_level != spawned_at:
-                w.writer.write(wire.encode(LogLevel(self.config.log_level)))
-            while True:
-                self._on_message(w, await wire.read(reader))
-        except (asyncio.IncompleteReadError, OSError):
-            pass
-        except Exception:  # a message that cannot be read or handled: the worker's state is unknown
+            w.writer, _ = await asyncio.get_running_loop().create_unix_connection(lambda: messages, sock=w.socket)
+        except OSError:
+            self._closed(w)
+            return
+        if self.config.log_level != spawned_at:
+            w.writer.write(wire.encode(LogLevel(self.config.log_level)))
+
+    def _received(self, w: WorkerProcess, message: object) -> None:
+        try:
+            self._on_message(w, message)
+        except Exception:  # a message that cannot be handled: the worker's state is unknown
             log.exception("inference worker %s sent a message that failed; replacing the worker", w.process.pid)
             w.kill(Exit.died)
+
+    def _closed(self, w: WorkerProcess) -> None:
+        """The worker's socket has closed: the worker is gone (unless it was let go already)."""
+        if w not in self._workers:
+            return
         self._on_exit(w)
         if not self._closing:  # stop() reaps the workers it stops
-            await reap(w)
+            w.reaper = asyncio.ensure_future(reap(w))
 
     def _on_message(self, w: WorkerProcess, message: object) -> None:
         if w not in self._workers or w.killed is not None:
@@ -256,12 +262,6 @@ class WorkerPool:
             if w.writer is not None and not w.writer.is_closing() and w.killed is None:
                 w.versions.discard((name, version))
                 w.writer.write(wire.encode(UnloadVersion(name, version)))
-
-    def _start_overdue(self, w: WorkerProcess) -> None:
-        if not w.ready.done():
-            w.ready.set_exception(PoolStartError(
-                f"a worker did not load its models within {self.startup_timeout_s:g} s (YOSO_STARTUP_TIMEOUT_S)"))
-            w.kill(Exit.start_timeout)
 
     def _on_exit(self, w: WorkerProcess) -> None:
         """A worker is gone: answer its task, forget it, and start a replacement."""

@@ -76,8 +76,9 @@ class WorkerProcess:
     process: BaseProcess
     ready: asyncio.Future[WorkerReady]
     socket: socket.socket
-    writer: asyncio.StreamWriter | None = None  # set once the loop has opened the socket
-    listener: asyncio.Task[None] | None = None  # held here: the loop keeps only a weak reference to a task
+    writer: asyncio.WriteTransport | None = None  # set once the loop has opened the socket
+    connecting: asyncio.Task[None] | None = None  # held here, as `reaper`: the loop keeps only a weak reference
+    reaper: asyncio.Future[None] | None = None
     task: asyncio.Future[TaskOutcome] | None = None
     task_kind: TaskKind = ("", 0, 0)  # of the task running or last run
     task_started: float = 0.0  # time.monotonic()
@@ -134,6 +135,13 @@ class WorkerProcess:
         self.watchdog = asyncio.get_running_loop().call_later(max(assigned.deadline - self.task_started, grace_s),
                                                               self.overran)
         assigned.on_start()
+
+    def start_overdue(self, bound_s: float) -> None:
+        """The watchdog, at the start-up bound: a worker still loading its models is killed (the pool replaces it)."""
+        if not self.ready.done():
+            self.ready.set_exception(PoolStartError(
+                f"a worker did not load its models within {bound_s:g} s (YOSO_STARTUP_TIMEOUT_S)"))
+            self.kill(Exit.start_timeout)
 
     def overran(self) -> None:
         """The watchdog, at the deadline of every request in its task: the worker is killed (the pool replaces it)."""

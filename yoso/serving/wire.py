@@ -1,7 +1,10 @@
 """Messages between the server and a worker over a socket pair: a pickle behind its 8-byte length.
 
 The worker blocks on its end (`send`, `receive`); the server reads and writes its end on the event loop
-(`encode`, `read`), so no thread and no interpreter-lock handover stands between a worker and the loop.
+(`encode`, and `Messages`, the protocol that reads it), so no thread and no interpreter-lock handover stands
+between a worker and the loop. Each message is handled in the callback that receives its last byte: no task
+wakes up to read it, as one did behind a stream reader (with yoso.observability.children, the server process's
+CPU per image request went from 1.50 to 1.39 ms with 4 plain clients).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import pickle
 import socket
 import struct
+from collections.abc import Callable
 
 _LENGTH = struct.Struct("!Q")
 
@@ -19,10 +23,33 @@ def encode(message: object) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-async def read(stream: asyncio.StreamReader) -> object:
-    """The next message; asyncio.IncompleteReadError once the other end has closed."""
-    (length,) = _LENGTH.unpack(await stream.readexactly(_LENGTH.size))
-    return pickle.loads(await stream.readexactly(length))
+class Messages(asyncio.Protocol):
+    """The event loop's end of a socket: `on_message(message)` for each message once it has arrived whole, in
+    order, then `on_closed()` once when the connection ends (a message cut short is dropped)."""
+
+    def __init__(self, on_message: Callable[[object], None], on_closed: Callable[[], None]) -> None:
+        self.on_message = on_message
+        self.on_closed = on_closed
+        self._unread = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        unread = self._unread
+        unread += data
+        start = 0
+        try:
+            while len(unread) - start >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(unread, start)
+                end = start + _LENGTH.size + length
+                if len(unread) < end:
+                    break
+                message = pickle.loads(unread[start + _LENGTH.size:end])
+                start = end
+                self.on_message(message)
+        finally:
+            del unread[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_closed()
 
 
 def send(sock: socket.socket, message: object) -> None:
