@@ -276,7 +276,7 @@ class WorkerPool:
         how = "" if w.process.exitcode is None else f" (exit code {w.process.exitcode})"
         if not w.ready.done():
             w.ready.set_exception(PoolStartError(f"a worker exited during start-up{how}"))
-        if w.ready.exception() is not None:
+        if not w.live:  # its start failed, or was given up (cancelled)
             self._failed_starts += 1
         w.answer_unfinished(how)
         if self._closing:
@@ -295,5 +295,5 @@ class WorkerPool:
 
 
 def _log_failed_start(ready: asyncio.Future[WorkerReady]) -> None:
-    if ready.exception() is not None:
+    if not ready.cancelled() and ready.exception() is not None:
         log.error("a replacement worker failed to start: %s", ready.exception())

@@ -93,7 +93,7 @@ class WorkerProcess:
     @property
     def live(self) -> bool:
         """Loaded its models and can take tasks."""
-        return self.ready.done() and not self.ready.exception()
+        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
 
     @property
     def running(self) -> Running | None:
