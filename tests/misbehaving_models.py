@@ -42,6 +42,24 @@ class Hangs(yoso.Model):
         return instances
 
 
+def _refuse_to_load() -> None:
+    raise RuntimeError("this prediction cannot be read back")
+
+
+class _Unreadable(str):
+    """A JSON string to the worker, which pickles it; unpickling it in the server raises."""
+
+    def __reduce__(self):
+        return _refuse_to_load, ()
+
+
+class Unreadable(yoso.Model):
+    """Returns a prediction the server process cannot read: the worker's message about it fails on arrival."""
+
+    def predict(self, instances):
+        return [_Unreadable("unreadable") if instance == "unreadable" else instance for instance in instances]
+
+
 class WaitsForGo(yoso.Model):
     """Its setup lasts until the file `go` names exists: a model still loading, for as long as a test wants."""
 

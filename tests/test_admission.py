@@ -133,6 +133,28 @@ def test_waits_that_ran_past_their_expectation_stretch_every_expectation_by_thei
     assert refused.reason is Reason.budget and "2100 ms" in refused.detail
 
 
+def test_the_margin_learns_what_an_answered_caller_waited_beyond_its_own_task_not_the_wait_alone():
+    """The budget bounds what the caller sees, its own task aside: the upload, the wait, a task that ran long and
+    the answer all count against the wait that was expected."""
+    clock, workers, queue = Clock(), Workers(), Queue(11)
+    gate = admission(clock, workers, queue)
+    for _ in range(WaitMargin.MIN_SAMPLES):  # requests alike, each from the same moment (within the margin's window)
+        clock.now = 100.0
+        workers.tasks = [busy_since(clock, 0.0)]  # one worker, its task just begun: 1.5 s to wait at the edge
+        ticket = gate.enter(MODEL)
+        clock.now += 0.1  # its upload
+        expected_s = gate.recheck(ticket)
+        ticket.upload_done()
+        clock.now += expected_s + TASK_S + 0.05  # waited as expected; its task, or its answer, took 50 ms more
+        gate.served(ticket, expected_s)
+    assert expected_s == pytest.approx(1.4)
+    assert gate.margin.factor() == pytest.approx((0.1 + 1.4 + 0.05) / 1.4)  # about 1.107
+    workers.tasks = [busy_since(clock, 0.0)]
+    queue.models[MODEL] = 14  # 1.875 s to wait: within the budget, but not once stretched by 1.107
+    refused = refusal(gate)
+    assert refused.reason is Reason.budget and "2076 ms" in refused.detail
+
+
 def test_the_margin_ignores_short_waits_and_never_shrinks_or_more_than_doubles_an_expectation():
     margin = WaitMargin(budget_s=2.0, clock=Clock())
     for _ in range(100):

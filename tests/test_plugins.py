@@ -26,7 +26,8 @@ from yosoclient import Client
 from yosoclient.cli import main as yosoclient_cli
 
 README_BLOCK = "<!-- the plug-in example: tests/test_plugins.py serves this block as it is -->\n```python\n"
-MISBEHAVING = ("Raises", "Miscounts", "Picky", "Hangs", "FailsSetup")
+MISBEHAVING = ("Raises", "Miscounts", "Picky", "Hangs", "FailsSetup", "Unreadable")
+SERVED = ["red-blobs", "doubler", "raises", "miscounts", "picky", "hangs", "fails-setup", "unreadable"]  # by name
 RED_SQUARES = [(20, 30, 80, 90), (150, 40, 250, 100)]  # x1, y1, x2, y2 (exclusive)
 
 
@@ -85,7 +86,7 @@ def test_the_first_class_is_the_default_model_and_models_lists_each_class_with_i
     listed = http.get("/models").json()
     assert listed["default"] == "red-blobs"
     by_name = {model["name"]: model for model in listed["models"]}
-    assert list(by_name) == ["red-blobs", "doubler", "raises", "miscounts", "picky", "hangs", "fails-setup"]
+    assert list(by_name) == SERVED
     assert by_name["red-blobs"] | {"workers_loaded": 2} == {
         "name": "red-blobs", "installed": True, "loaded": True, "workers_loaded": 2, "classes": 1,
         "download_bytes": 0, "kind": "detector", "model_class": "my_models:RedBlobs",
@@ -113,8 +114,7 @@ def test_a_json_model_answers_kserve_v1_in_the_batches_the_scheduler_built(http)
 
     assert delta("yoso_model_statistic_sum") == 16  # every instance, recorded by the class itself
     assert delta("yoso_model_statistic_count") < 8  # in fewer batches than requests: they were batched
-    served = ["red-blobs", "doubler", "raises", "miscounts", "picky", "hangs", "fails-setup"]
-    assert http.get("/v1/models").json() == {"models": served}
+    assert http.get("/v1/models").json() == {"models": SERVED}
     assert http.get("/v1/models/doubler").json() == {"name": "doubler", "ready": True}
 
 
@@ -213,6 +213,20 @@ def test_the_client_and_its_cli_work_for_a_plugin(plugins, tmp_path):
     assert (inferred.exit_code, inferred.output) == (0, "[6, 8]\n")
     listed = CliRunner().invoke(yosoclient_cli, ["--url", plugins.url, "models"]).output
     assert "doubler" in listed and "json" in listed.splitlines()[2] and "detector" in listed
+
+
+def test_a_message_from_a_worker_that_cannot_be_read_replaces_the_worker_and_its_request_gets_500(http, plugins):
+    before = value(scrape(http), "yoso_workers_replaced_total", reason="died")
+    assert http.post("/v1/models/unreadable:predict", json={"instances": [1]}).json() == {"predictions": [1]}
+    failed = http.post("/v1/models/unreadable:predict", json={"instances": ["unreadable"]})
+    assert failed.status_code == 500 and "A new worker is starting" in failed.json()["detail"]
+    assert eventually(lambda: value(scrape(http), "yoso_workers_replaced_total", reason="died") == before + 1, 15)
+    log = plugins.log()
+    assert "sent a message that failed; replacing the worker" in log and "cannot be read back" in log
+    assert "Fatal error" not in log  # handled by the pool, not left to the event loop
+    assert http.post("/v1/models/doubler:predict", json={"instances": [4]}).json() == {"predictions": [8]}
+    assert eventually(lambda: http.get("/readyz").status_code == 200 and len(
+        [m for m in http.get("/models").json()["models"] if m["name"] == "doubler" and m["workers_loaded"] == 2]), 60)
 
 
 def test_the_watchdog_replaces_a_worker_whose_plugin_hangs_and_the_others_carry_on(http):

@@ -23,8 +23,9 @@ def test_a_message_larger_than_any_socket_buffer_crosses_both_ways_while_the_loo
     async def round_trip() -> tuple[object, int]:
         loop = asyncio.get_running_loop()
         arrived, closed = loop.create_future(), loop.create_future()
-        transport, _ = await loop.create_unix_connection(
-            lambda: wire.Messages(arrived.set_result, lambda: closed.set_result(None)), sock=ours)
+        frames = wire.Frames(lambda transport: None, lambda frame: arrived.set_result(wire.decode(frame)),
+                             lambda: closed.set_result(None))
+        transport, _ = await loop.create_unix_connection(lambda: frames, sock=ours)
         ticks = 0
 
         async def tick() -> None:
@@ -61,9 +62,13 @@ def received_until_closed(chunks: list[bytes]) -> list[object]:
 
     async def read_all() -> list[object]:
         loop = asyncio.get_running_loop()
-        received, closed = [], loop.create_future()
-        await loop.create_unix_connection(lambda: wire.Messages(received.append, lambda: closed.set_result(None)),
-                                          sock=ours)
+        received, closed = ["not yet open"], loop.create_future()
+
+        def opened(transport: asyncio.WriteTransport) -> None:
+            received.remove("not yet open")  # before any message
+
+        await loop.create_unix_connection(lambda: wire.Frames(opened, lambda frame: received.append(wire.decode(frame)),
+                                                              lambda: closed.set_result(None)), sock=ours)
         sender = threading.Thread(target=send_and_close)
         sender.start()
         await closed

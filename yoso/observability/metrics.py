@@ -201,7 +201,8 @@ class ServingState(Collector):
             expected.add_metric([model, str(threads), str(images)], seconds)
         yield expected
         yield GaugeMetricFamily("yoso_queue_wait_margin_ratio", "What admission multiplies expected waits by: "
-                                "the 99th percentile of actual / expected wait in the last 30 s (1 to 2), as last applied.",
+                                "the 99th percentile of what answered callers waited beyond their own task over the "
+                                "wait expected, in the last 30 s (1 to 2), as last applied.",
                                 value=self.admission.margin.last)
 
 

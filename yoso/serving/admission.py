@@ -99,7 +99,8 @@ class Ticket:
 
 
 class Admission:
-    """The policy: `enter` at the edge, `recheck` before queueing, `waited` after, `hold_refusal` on a 503."""
+    """The policy: `enter` at the edge, `recheck` before queueing, `served` after (`waited` for a request that
+    left before its turn), `hold_refusal` on a 503."""
 
     def __init__(self, workers: Workers, queue: Queue, times: TaskTimes | None = None, *, budget_s: float,
                  max_queue: int, max_uploads: int, request_timeout_s: float, busy_threads: int,
@@ -140,7 +141,7 @@ class Admission:
     def recheck(self, ticket: Ticket, inputs: int = 1) -> float:
         """Check again once the upload (`inputs` jobs) has arrived, before it is queued; Refused if it may no longer
         wait (other uploads arrived meanwhile). A request admitted before a drain began, or before its worker died,
-        is served all the same. Returns the expected wait of its last input: tell `waited` how long each took."""
+        is served all the same. Returns the expected wait of its last input: tell `served` once it is answered."""
         if not self.workers.running():
             return 0.0  # a replacement is starting: it waits for it, within its deadline
         return self._check(ticket.model, ticket.remaining_s(), inputs)
@@ -148,6 +149,13 @@ class Admission:
     def waited(self, expected_s: float, actual_s: float) -> None:
         """A request waited `actual_s` for a worker where `expected_s` was expected: the margin learns from it."""
         self.margin.record(expected_s, actual_s)
+
+    def served(self, ticket: Ticket, expected_wait_s: float) -> None:
+        """An admitted request was answered, its wait expected to be `expected_wait_s`. What its caller waited
+        for beyond its own task (its upload, its wait, a task that ran long, the answer) is what the budget bounds:
+        the margin learns that against the expected wait, not the wait alone."""
+        own_task_s = self.times.expected_s((ticket.model, self.busy_threads, 1))
+        self.waited(expected_wait_s, self.clock() - ticket.admitted - own_task_s)
 
     def expected_wait_s(self, running: Sequence[Running | None], waiting: Mapping[str, int]) -> float:
         """When a worker is expected to take a request queued now behind `waiting` (requests by model): every worker

@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from yoso.serving import wire
 from yoso.serving.process import (SPAWN, Assigned, Exit, PoolStartError, TaskNotStarted, TaskOverran, VersionRefused,
-                                  WorkerCrashed, WorkerProcess, close, patience_s, reap, run_worker)
+                                  WorkerCrashed, WorkerProcess, close, log_failed_start, patience_s, reap,
+                                  run_worker)
 from yoso.serving.tasks import (LoadVersion, LogLevel, ModelEntry, Running, Task, TaskKind, TaskOutcome,
                                 UnloadVersion, VersionLoaded, WorkerConfig, WorkerFailed, WorkerReady)
 
@@ -138,19 +139,24 @@ class WorkerPool:
     async def _connect(self, w: WorkerProcess, spawned_at: str) -> None:
         """Read the worker's socket on the event loop: each message as it arrives, then its exit when the socket
         closes. (`spawned_at`: the log level it was started with; the level may have changed since.)"""
-        messages = wire.Messages(functools.partial(self._received, w), functools.partial(self._closed, w))
+        frames = wire.Frames(functools.partial(self._opened, w, spawned_at), functools.partial(self._received, w),
+                             functools.partial(self._closed, w))
         try:
-            w.writer, _ = await asyncio.get_running_loop().create_unix_connection(lambda: messages, sock=w.socket)
+            await asyncio.get_running_loop().create_unix_connection(lambda: frames, sock=w.socket)
         except OSError:
             self._closed(w)
-            return
-        if self.config.log_level != spawned_at:
-            w.writer.write(wire.encode(LogLevel(self.config.log_level)))
 
-    def _received(self, w: WorkerProcess, message: object) -> None:
+    def _opened(self, w: WorkerProcess, spawned_at: str, transport: asyncio.WriteTransport) -> None:
+        w.writer = transport  # before any message is read: one may send the worker a task
+        if self.config.log_level != spawned_at:
+            transport.write(wire.encode(LogLevel(self.config.log_level)))
+
+    def _received(self, w: WorkerProcess, frame: bytearray) -> None:
+        if w not in self._workers or w.killed is not None:
+            return
         try:
-            self._on_message(w, message)
-        except Exception:  # a message that cannot be handled: the worker's state is unknown
+            self._on_message(w, wire.decode(frame))
+        except Exception:  # a message that cannot be read or handled: the worker's state is unknown
             log.exception("inference worker %s sent a message that failed; replacing the worker", w.process.pid)
             w.kill(Exit.died)
 
@@ -163,8 +169,6 @@ class WorkerPool:
             w.reaper = asyncio.ensure_future(reap(w))
 
     def _on_message(self, w: WorkerProcess, message: object) -> None:
-        if w not in self._workers or w.killed is not None:
-            return
         if isinstance(message, WorkerReady):
             if w.ready.done():  # its start was given up: the pool stops before it finished starting
                 return
@@ -290,10 +294,4 @@ class WorkerPool:
     def _replace(self) -> None:
         if self._closing:
             return
-        replacement = self._spawn()
-        replacement.ready.add_done_callback(_log_failed_start)
-
-
-def _log_failed_start(ready: asyncio.Future[WorkerReady]) -> None:
-    if not ready.cancelled() and ready.exception() is not None:
-        log.error("a replacement worker failed to start: %s", ready.exception())
+        self._spawn().ready.add_done_callback(log_failed_start)

@@ -177,6 +177,12 @@ async def reap(w: WorkerProcess) -> None:
         await asyncio.to_thread(w.process.join, EXIT_WAIT_S)
 
 
+def log_failed_start(ready: asyncio.Future[WorkerReady]) -> None:
+    """A replacement's `ready` is done: say why it did not start, if it did not."""
+    if not ready.cancelled() and ready.exception() is not None:
+        log.error("a replacement worker failed to start: %s", ready.exception())
+
+
 def close(w: WorkerProcess) -> None:
     if w.writer is not None:
         w.writer.close()

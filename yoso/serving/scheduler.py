@@ -59,6 +59,8 @@ class Scheduler:
         self._counted_view = MappingProxyType(self._counted)
         self._timer: asyncio.TimerHandle | None = None
         self.abandoned = 0
+        # told of a request that left before its turn, having waited past what was expected (those answered: the
+        # service tells admission, Admission.served)
         self.on_waited: Callable[[float, float], None] = lambda expected_s, waited_s: None
         pool.on_idle = self._dispatch
 
@@ -144,11 +146,10 @@ class Scheduler:
         self._sent_ahead += batch  # until it begins: at once on an idle worker
 
         def began() -> None:
-            now, now_ns = time.monotonic(), time.time_ns()
+            now_ns = time.time_ns()
             for job in batch:
                 self._sent_ahead.remove(job)
                 job.started_ns = now_ns
-                self.on_waited(job.expected_wait_s, now - job.enqueued)
 
         running = self.pool.submit(task, max(job.deadline for job in batch), began)
         running.add_done_callback(lambda done: self._settle(batch, done))

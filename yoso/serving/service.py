@@ -105,7 +105,7 @@ class InferenceService:
         self.pool.on_ready = self._worker_ready
         self.pool.on_model_loaded = self._model_loaded
         self.pool.on_task_done = self._task_done
-        self.pool.on_replaced = self._worker_replaced
+        self.pool.on_replaced = lambda reason: self._notify("worker_replaced", reason)
         self.pool.expected_s = self.admission.times.expected_s
         self._watching: asyncio.Future[None] | None = None
         self.scheduler.on_waited = self.admission.waited
@@ -216,6 +216,7 @@ class InferenceService:
         outcomes = await asyncio.gather(*queued, return_exceptions=True)  # cancelled together: none is left to run
         if failed := next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None):
             raise failed
+        self.admission.served(ticket, expected_wait_s)
         for data, (job, task) in zip(inputs, outcomes):  # type: ignore[misc]
             if job.error is None:
                 event = "image_done" if isinstance(data, bytes) else "predictions_done"
@@ -287,9 +288,6 @@ class InferenceService:
         if task.model_load_s is None and task.inference is not None:  # a typical task: no model load, its inputs read
             self.admission.times.record(kind, seconds)
         self._notify("task_done", kind[0], task)
-
-    def _worker_replaced(self, reason: Exit) -> None:
-        self._notify("worker_replaced", reason)
 
     def _notify(self, event: str, *args: object) -> None:
         """Observers watch; a failing one is logged and never fails the request it watches."""

@@ -44,9 +44,10 @@ class TaskTimes:
 
 
 class WaitMargin:
-    """How far actual waits run past their expectation: the 99th percentile of actual / expected over the
-    waits of the last half minute that were expected to take a good part of the budget (shorter ones are
-    not at stake). Old waits age out, so a slow spell stretches expectations for half a minute at most."""
+    """How far actual waits run past their expectation (Admission.served counts all a caller waits beyond its own
+    task): the 99th percentile of actual / expected over the waits of the last half minute that were expected to
+    take a good part of the budget (shorter ones are not at stake). Old waits age out, so a slow spell stretches
+    expectations for half a minute at most."""
 
     WINDOW_S = 30.0
     MIN_SAMPLES = 32  # until then, 1: the expectation alone decides
