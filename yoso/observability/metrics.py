@@ -38,128 +38,125 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 
 
 class InferenceMetrics:
-    """yoso's own metrics: what the models cost and what they see."""
+    """yoso's own metrics: what the models cost and what they see. A labelled one is called with its label values
+    for its child (yoso.observability.children)."""
 
     def __init__(self, registry: CollectorRegistry, runtimes: dict[str, tuple[str, str]],
                  detectors: Iterable[str]) -> None:
         self.runtimes = runtimes  # each model's (engine, precision): labels of what its speed depends on
-        self.inference_seconds = Histogram(
+        self.inference_seconds = Children(Histogram(
             "yoso_inference_seconds", "The model's steps on one batch, in the worker process, by the engine and "
             "precision that ran them.", ["model", "engine", "precision"], buckets=INFERENCE_SECONDS_BUCKETS,
-            registry=registry)
-        self.stage_seconds = Histogram(
+            registry=registry))
+        self.stage_seconds = Children(Histogram(
             "yoso_stage_seconds", "Each step of the model's class on one batch: preprocess, predict, postprocess "
-            "(those it defines).", ["model", "stage"], buckets=INFERENCE_SECONDS_BUCKETS, registry=registry)
-        self.model_statistic = Summary(
+            "(those it defines).", ["model", "stage"], buckets=INFERENCE_SECONDS_BUCKETS, registry=registry))
+        self.model_statistic = Children(Summary(
             "yoso_model_statistic", "Figures a model class records of its own (yoso.record).",
-            ["model", "statistic"], registry=registry)
-        self.instances = Counter(
+            ["model", "statistic"], registry=registry))
+        self.instances = Children(Counter(
             "yoso_instances_processed_total", "JSON instances run through a model (yoso.Model).", ["model"],
-            registry=registry)
+            registry=registry))
         self.decode_seconds = Histogram(
             "yoso_decode_seconds", "Decoding one uploaded image into pixels.",
             buckets=STAGE_SECONDS_BUCKETS, registry=registry)
         self.annotate_encode_seconds = Histogram(
             "yoso_annotate_encode_seconds", "Drawing the boxes on one image and encoding it as JPEG (/predict).",
             buckets=STAGE_SECONDS_BUCKETS, registry=registry)
-        self.version_inputs = Counter(
+        self.version_inputs = Children(Counter(
             "yoso_version_inputs_total", "Images or JSON instances answered, by the model version that ran them.",
-            ["model", "version"], registry=registry)
-        self.images = Counter(
+            ["model", "version"], registry=registry))
+        self.images = Children(Counter(
             "yoso_images_processed_total", "Images run through a model, by route (spelt as the handler label).",
-            ["model", "endpoint"], registry=registry)
-        self.detections = Counter(
-            "yoso_detections_total", "Objects detected, by label.", ["model", "label"], registry=registry)
-        self.images_without_detections = Counter(
+            ["model", "endpoint"], registry=registry))
+        self.detections = Children(Counter(
+            "yoso_detections_total", "Objects detected, by label.", ["model", "label"], registry=registry))
+        self.images_without_detections = Children(Counter(
             "yoso_images_without_detections_total", "Images in which the model found nothing (null predictions).",
-            ["model"], registry=registry)
-        self.confidence = Histogram(
+            ["model"], registry=registry))
+        self.confidence = Children(Histogram(
             "yoso_detection_confidence", "Confidence of each reported detection.", ["model"],
-            buckets=CONFIDENCE_BUCKETS, registry=registry)
+            buckets=CONFIDENCE_BUCKETS, registry=registry))
         self.input_megapixels = Histogram(
             "yoso_input_megapixels", "Size of each decoded input image, in millions of pixels.",
             buckets=MEGAPIXELS_BUCKETS, registry=registry)
-        self.model_load_seconds = Histogram(
+        self.model_load_seconds = Children(Histogram(
             "yoso_model_load_seconds", "Loading and warming a model in one worker process.",
             ["model", "engine", "precision"],
-            buckets=MODEL_LOAD_SECONDS_BUCKETS, registry=registry)
+            buckets=MODEL_LOAD_SECONDS_BUCKETS, registry=registry))
         self.requests_in_flight = Gauge(
             "yoso_requests_in_flight", "HTTP requests being handled now (/metrics excluded).", registry=registry)
-        self.requests_shed = Counter(
+        self.requests_shed = Children(Counter(
             "yoso_requests_shed_total", "Requests refused at once with 503, by reason (yoso.serving.admission).",
-            ["reason"], registry=registry)
-        self.queue_wait_seconds = Histogram(
+            ["reason"], registry=registry))
+        self.queue_wait_seconds = Children(Histogram(
             "yoso_queue_wait_seconds", "Time an admitted request waited for a worker, upload arrived to task sent.",
-            ["model"], buckets=QUEUE_WAIT_SECONDS_BUCKETS, registry=registry)
-        self.workers_replaced = Counter(
+            ["model"], buckets=QUEUE_WAIT_SECONDS_BUCKETS, registry=registry))
+        self.workers_replaced = Children(Counter(
             "yoso_workers_replaced_total", "Worker processes replaced: died, hung (a task past its deadline) or "
-            "start_timeout (models not loaded within YOSO_STARTUP_TIMEOUT_S).", ["reason"], registry=registry)
+            "start_timeout (models not loaded within YOSO_STARTUP_TIMEOUT_S).", ["reason"], registry=registry))
         for model, runtime in runtimes.items():  # zero from the start: rate() and ratios work before any request
-            self.model_load_seconds.labels(model, *runtime)
-            self.inference_seconds.labels(model, *runtime)
-            self.queue_wait_seconds.labels(model)
+            self.model_load_seconds(model, *runtime)
+            self.inference_seconds(model, *runtime)
+            self.queue_wait_seconds(model)
         for model in detectors:
-            self.images_without_detections.labels(model)
+            self.images_without_detections(model)
         for reason in Reason:
-            self.requests_shed.labels(reason.value)
+            self.requests_shed(reason.value)
         for exit_reason in Exit:
-            self.workers_replaced.labels(exit_reason.value)
+            self.workers_replaced(exit_reason.value)
 
 
 class MetricsObserver:
     """An InferenceObserver that turns each processed image and each forward pass into metrics."""
 
     def __init__(self, metrics: InferenceMetrics) -> None:
-        self.metrics = m = metrics
-        self.images, self.version_inputs = Children(m.images), Children(m.version_inputs)
-        self.queue_wait_seconds, self.images_without_detections = (Children(m.queue_wait_seconds),
-                                                                   Children(m.images_without_detections))
-        self.detections, self.confidence = Children(m.detections), Children(m.confidence)
-        self.inference_seconds, self.stage_seconds = Children(m.inference_seconds), Children(m.stage_seconds)
+        self.metrics = metrics
 
     def image_done(self, model: str, endpoint: str, confidence: float, image: JobOutcome,
                    task: TaskOutcome) -> None:
         m = self.metrics
-        self.images(model, endpoint).inc()
-        self.version_inputs(model, str(task.version)).inc()
+        m.images(model, endpoint).inc()
+        m.version_inputs(model, str(task.version)).inc()
         if image.queue is not None:
-            self.queue_wait_seconds(model).observe(_seconds(image.queue))
+            m.queue_wait_seconds(model).observe(_seconds(image.queue))
         m.input_megapixels.observe(image.width * image.height / 1e6)
         if image.decode is not None:
             m.decode_seconds.observe(_seconds(image.decode))
         if image.encode is not None:
             m.annotate_encode_seconds.observe(_seconds(image.encode))
         if not image.detections:
-            self.images_without_detections(model).inc()
+            m.images_without_detections(model).inc()
         for detection in image.detections:
-            self.detections(model, detection.label).inc()
-            self.confidence(model).observe(detection.confidence)
+            m.detections(model, detection.label).inc()
+            m.confidence(model).observe(detection.confidence)
 
     def predictions_done(self, model: str, endpoint: str, confidence: float, job: JobOutcome,
                          task: TaskOutcome) -> None:
+        m = self.metrics
         if job.queue is not None:
-            self.queue_wait_seconds(model).observe(_seconds(job.queue))
-        self.metrics.instances.labels(model).inc(len(job.predictions or ()))
-        self.version_inputs(model, str(task.version)).inc(len(job.predictions or ()))
+            m.queue_wait_seconds(model).observe(_seconds(job.queue))
+        m.instances(model).inc(len(job.predictions or ()))
+        m.version_inputs(model, str(task.version)).inc(len(job.predictions or ()))
 
     def task_done(self, model: str, task: TaskOutcome) -> None:
         """A batch is one run of the model shared by its requests: counted once, even if its callers left."""
         m = self.metrics
         if task.inference is not None:
-            self.inference_seconds(model, *m.runtimes[model]).observe(_seconds(task.inference))
+            m.inference_seconds(model, *m.runtimes[model]).observe(_seconds(task.inference))
         for stage, interval in task.stages:
-            self.stage_seconds(model, stage).observe(_seconds(interval))
+            m.stage_seconds(model, stage).observe(_seconds(interval))
         for statistic, value in task.records:
-            m.model_statistic.labels(model, statistic).observe(value)
+            m.model_statistic(model, statistic).observe(value)
 
     def model_loaded(self, model: str, seconds: float) -> None:
-        self.metrics.model_load_seconds.labels(model, *self.metrics.runtimes[model]).observe(seconds)
+        self.metrics.model_load_seconds(model, *self.metrics.runtimes[model]).observe(seconds)
 
     def request_shed(self, reason: Reason) -> None:
-        self.metrics.requests_shed.labels(reason.value).inc()
+        self.metrics.requests_shed(reason.value).inc()
 
     def worker_replaced(self, reason: Exit) -> None:
-        self.metrics.workers_replaced.labels(reason.value).inc()
+        self.metrics.workers_replaced(reason.value).inc()
 
 
 class ServingState(Collector):
