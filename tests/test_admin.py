@@ -104,13 +104,13 @@ def test_debug_set_over_http_reaches_the_workers_at_once_and_warning_silences_se
     def access_lines(request: str) -> int:
         return server.log().count(f" yoso.access: {request} 200 ")
 
-    logged = len(worker_lines())
+    logged, posted = len(worker_lines()), access_lines("POST /count_objects")
     assert http.put("/admin/log-level", json={"level": "debug"}).json() == {"level": "debug"}
     count_objects(http)
     assert poll_until(lambda: len(worker_lines()) == logged + 1, 10), server.log()[-3000:]
     assert int(worker_lines()[-1]) in {worker.pid for worker in inference_workers(server.process.pid)}
-    posted = access_lines("POST /count_objects")
-    put = access_lines("PUT /admin/log-level")
+    assert poll_until(lambda: access_lines("POST /count_objects") == posted + 1, 10), server.log()[-3000:]
+    posted, put = posted + 1, access_lines("PUT /admin/log-level")
 
     http.put("/admin/log-level", json={"level": "warning"})
     count_objects(http)

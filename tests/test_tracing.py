@@ -118,8 +118,8 @@ def test_zipkin_gets_the_server_span_with_queue_decode_inference_and_encode_chil
         assert root["timestamp"] <= child["timestamp"]
         assert child["timestamp"] + child["duration"] <= root["timestamp"] + root["duration"]
 
-    access = [line for line in live.log().splitlines() if " yoso.access: POST /predict 200 " in line]
-    assert access and access[-1].endswith(f"trace_id={root['traceId']}")
+    access = wait_for(lambda: [line for line in live.log().splitlines() if " yoso.access: POST /predict 200 " in line])
+    assert access[-1].endswith(f"trace_id={root['traceId']}")
 
 
 def test_otlp_carries_the_same_tree_and_otel_service_name_wins(receiver, start_server):
@@ -153,8 +153,12 @@ def test_otlp_carries_the_same_tree_and_otel_service_name_wins(receiver, start_s
         assert root.start_time_unix_nano <= child.start_time_unix_nano <= child.end_time_unix_nano
         assert child.end_time_unix_nano <= root.end_time_unix_nano
 
-    lines = [json.loads(line) for line in whole_lines(live) if line.strip()]  # every line is JSON
-    [access] = [line for line in lines if line["logger"] == "yoso.access" and line["path"] == "/predict"]
+    def access_lines() -> list[dict]:  # written within a moment of the request (yoso.observability.deferred)
+        lines = [json.loads(line) for line in whole_lines(live) if line.strip()]  # every line is JSON
+        return [line for line in lines if line["logger"] == "yoso.access" and line["path"] == "/predict"]
+
+    [access] = wait_for(access_lines)
+    lines = [json.loads(line) for line in whole_lines(live) if line.strip()]
     assert access["method"] == "POST" and access["status"] == 200 and access["duration_ms"] > 0
     assert access["trace_id"] == root.trace_id.hex()
     assert {line["service"] for line in lines} == {"named-by-the-platform"}  # logs name the service as traces do
@@ -180,10 +184,12 @@ def test_a_collector_that_is_down_fails_no_request(exporter, start_server):
             # the next request comes after an export attempt has failed (this request's spans, at the latest)
             assert eventually(lambda: failed_exports() > failed_before, timeout_s=30), live.log()
         assert http.get("/readyz").status_code == 200
-    log = live.log()
-    traced = [line for line in log.splitlines() if "POST /count_objects 200" in line and "trace_id=" in line]
-    assert len(traced) == 3
-    assert "Traceback" not in log  # a failed export is a warning line, not a stack trace
+
+    def traced() -> list[str]:
+        return [line for line in live.log().splitlines() if "POST /count_objects 200" in line and "trace_id=" in line]
+
+    assert eventually(lambda: len(traced()) == 3, timeout_s=10), live.log()
+    assert "Traceback" not in live.log()  # a failed export is a warning line, not a stack trace
 
 
 def test_a_sampled_out_request_exports_no_span_and_logs_no_trace_id(start_server):
@@ -202,6 +208,7 @@ def test_a_sampled_out_request_exports_no_span_and_logs_no_trace_id(start_server
         return [json.loads(line) for line in whole_lines(live) if line.strip()]  # every line is JSON
 
     [span] = wait_for(lambda: [line for line in lines() if "context" in line])  # the console span of the marker
+    wait_for(lambda: [line for line in lines() if "trace_id" in line])  # its access line, after the others'
     assert span["context"]["trace_id"] == f"0x{marker}" and span["name"] == "GET /healthz"
     logs = [line for line in lines() if "context" not in line]
     assert [line["path"] for line in logs if "trace_id" in line] == ["/healthz"]  # the marker's access line only
@@ -224,8 +231,8 @@ def test_tracing_works_in_dev_mode_with_spans_on_the_console(start_server):
     assert children == {"queue", "decode", "inference"}
     assert root["resource"]["attributes"]["service.name"] == "yoso"
     trace_id = root["context"]["trace_id"].removeprefix("0x")
-    assert [line for line in live.log().splitlines() if " yoso.access: POST /detect 200 " in line
-            and line.endswith(f"trace_id={trace_id}")]
+    assert wait_for(lambda: [line for line in live.log().splitlines() if " yoso.access: POST /detect 200 " in line
+                             and line.endswith(f"trace_id={trace_id}")])
 
 
 def test_an_unknown_exporter_stops_start_up_with_one_clear_line():

@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if grpc_server is not None:  # after uvicorn's drain: calls in flight finish, new ones are refused
                 await grpc_server.stop(settings.shutdown_grace_s)
             await service.stop()
+            bookkeeping.flush()  # the access lines and metrics of the last requests
 
     app = FastAPI(
         title=settings.title,
@@ -67,5 +68,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        on_refused=service.shed)
     install_security(app, settings)  # outside admission: refuses unauthenticated requests before they are admitted
     app.add_middleware(RequestHeadLimit)  # outside the key check: an oversized head is refused whoever sends it
-    install_observability(app, settings, service)  # last: logs and counts refused requests too
+    bookkeeping = install_observability(app, settings, service)  # last: logs and counts refused requests too
     return app

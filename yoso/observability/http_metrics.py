@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from yoso.observability.children import Children
+from yoso.observability.deferred import Deferred
 from yoso.observability.sent_status import StatusNotingSend
 
 UNMATCHED = "none"  # the handler of a request no route matches
@@ -47,8 +48,9 @@ class HttpMetrics:
     """ASGI middleware: each request, `skip_paths` aside, counted, timed and in flight meanwhile."""
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry, in_flight: Gauge, buckets: tuple[float, ...],
-                 skip_paths: tuple[str, ...]) -> None:
+                 deferred: Deferred, skip_paths: tuple[str, ...]) -> None:
         self.app = app
+        self.deferred = deferred
         self.in_flight = in_flight
         self.skip_paths = skip_paths
         self.requests = Children(Counter("http_requests_total", "Total number of requests by method, status and "
@@ -69,5 +71,8 @@ class HttpMetrics:
             await self.app(scope, receive, sent)
         finally:
             self.in_flight.dec()
-            self.requests(handler, method, str(sent.status)).inc()
-            self.seconds(handler, method).observe(time.perf_counter() - started)
+            self.deferred.call(self._record, handler, method, sent.status, time.perf_counter() - started)
+
+    def _record(self, handler: str, method: str, status: int, seconds: float) -> None:
+        self.requests(handler, method, str(status)).inc()
+        self.seconds(handler, method).observe(seconds)

@@ -1,7 +1,8 @@
 """Logs go to stdout, one line per event, at YOSO_LOG_LEVEL: text for people, JSON lines for log pipelines.
 
 Every request gets one access line (method, path, status, duration, and the trace id when the request is
-traced) from AccessLogMiddleware; uvicorn's own access log is off, so lines are never doubled. The
+traced) from AccessLogMiddleware, written within a moment of the request's end, with that time
+(yoso.observability.deferred); uvicorn's own access log is off, so lines are never doubled. The
 configuration is a dictConfig that uvicorn applies itself, so it also holds in the process uvicorn reloads
 in dev mode. The level can change at run time (`set_log_level`, PUT /admin/log-level). Inference workers log
 to stderr in the same format, with their pid (yoso.serving.worker).
@@ -20,6 +21,7 @@ from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
 
 from yoso.config import LogFormat, Settings, root_level
 from yoso.logformat import TEXT_FORMAT, JsonFormatter, resolved_service_name
+from yoso.observability.deferred import Deferred
 from yoso.observability.sent_status import StatusNotingSend
 from yoso.serving.admission import Ticket
 
@@ -66,11 +68,19 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else repr(text)[1:-1]
 
 
-class AccessLogMiddleware:
-    """One line per request, written when the response is complete."""
+def write_access_line(message: str, fields: dict[str, Any], created: float) -> None:
+    """The access line of a request that ended at `created` (time.time()), whenever it is written."""
+    record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, message, None, None, extra=fields)
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0  # as LogRecord sets them
+    access_log.handle(record)
 
-    def __init__(self, app: ASGIApp, skip_paths: tuple[str, ...] = ()) -> None:
+
+class AccessLogMiddleware:
+    """One line per request, its fields taken when the response is complete, written by `deferred`."""
+
+    def __init__(self, app: ASGIApp, deferred: Deferred, skip_paths: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.deferred = deferred
         self.skip_paths = skip_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -82,6 +92,8 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, sent)
         finally:
+            if not access_log.isEnabledFor(logging.INFO):  # the level when the request ends decides
+                return
             fields: dict[str, Any] = {
                 "method": scope["method"],
                 "path": _printable(scope["path"]),
@@ -97,4 +109,4 @@ class AccessLogMiddleware:
             if span.is_valid and span.trace_flags.sampled:  # a sampled-out request's id leads to no trace
                 fields["trace_id"] = trace.format_trace_id(span.trace_id)
                 message += f" trace_id={fields['trace_id']}"
-            access_log.info(message, extra=fields)
+            self.deferred.call(write_access_line, message, fields, time.time())

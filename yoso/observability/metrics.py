@@ -21,6 +21,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 
 from yoso.config import METRICS_PATH
 from yoso.observability.children import Children
+from yoso.observability.deferred import Deferred, DeferredObserver, FlushFirst
 from yoso.observability.http_metrics import HttpMetrics
 from yoso.serving.admission import Reason
 from yoso.serving.pool import Exit
@@ -212,20 +213,22 @@ def _per_model_gauge(name: str, documentation: str, models: list[str],
     return gauge
 
 
-def install_metrics(app: FastAPI, service: InferenceService, skip_paths: tuple[str, ...]) -> None:
-    """Serve /metrics and record HTTP and inference metrics (skip_paths aside) into a registry of the app's own."""
+def install_metrics(app: FastAPI, service: InferenceService, deferred: Deferred, skip_paths: tuple[str, ...]) -> None:
+    """Serve /metrics and record HTTP and inference metrics (skip_paths aside) into a registry of the app's own,
+    through `deferred`."""
     disable_created_metrics()  # process-wide: the *_created series double the output and no query here uses them
     registry = app.state.metrics_registry = CollectorRegistry()  # gRPC's metrics join it (grpc_metrics)
+    registry.register(FlushFirst(deferred))
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
     registry.register(ServingState(service))
     served = service.catalog.models
     metrics = InferenceMetrics(registry, service.catalog.runtimes(),
                                [name for name, model in served.items() if model.is_detector])
-    service.observers.append(MetricsObserver(metrics))
+    service.observers.append(DeferredObserver(MetricsObserver(metrics), deferred))
 
     app.add_middleware(HttpMetrics, registry=registry, in_flight=metrics.requests_in_flight,
-                       buckets=REQUEST_SECONDS_BUCKETS, skip_paths=skip_paths)
+                       buckets=REQUEST_SECONDS_BUCKETS, deferred=deferred, skip_paths=skip_paths)
     Instrumentator(registry=registry).expose(app, endpoint=METRICS_PATH, include_in_schema=False)
 
 
