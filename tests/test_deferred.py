@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from yoso.observability.deferred import Deferred, DeferredObserver, FlushFirst
-from yoso.observability.logging import access_log, write_access_line
+from yoso.observability.logging import AccessLogMiddleware, access_log, write_access_line
 
 
 def test_calls_wait_for_the_period_then_run_together_in_order():
@@ -124,3 +124,22 @@ def test_an_access_line_written_later_carries_the_time_its_request_ended(caplog)
     [record] = caplog.records
     assert record.created == ended and record.msecs == 750
     assert record.getMessage() == "POST /detect 200 41.2 ms" and record.status == 200
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_an_error_of_the_app_still_reaches_the_server_whether_or_not_its_line_is_written(level, caplog):
+    async def fails(scope, receive, send) -> None:
+        raise RuntimeError("the app failed")
+
+    deferred = Deferred(period_s=60)
+    with caplog.at_level(level, logger=access_log.name):
+        with pytest.raises(RuntimeError, match="the app failed"):
+            scope = {"type": "http", "method": "GET", "path": "/"}
+            asyncio.run(AccessLogMiddleware(fails, deferred)(scope, None, None))
+        deferred.flush()
+    lines = [record.getMessage() for record in caplog.records if record.name == access_log.name]
+    if level == logging.INFO:
+        [line] = lines
+        assert line.startswith("GET / 500 ")  # the status the server answers when the app fails
+    else:
+        assert lines == []

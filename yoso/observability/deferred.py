@@ -42,7 +42,7 @@ class Deferred:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            function(*args)
+            _make(function, args)
             return
         with self._lock:
             self._calls.append((function, args))
@@ -60,10 +60,15 @@ class Deferred:
         with self._lock:  # held while the calls run: two flushes never interleave their lines
             calls, self._calls = self._calls, []
             for function, args in calls:
-                try:
-                    function(*args)
-                except Exception:
-                    log.exception("%s failed (deferred bookkeeping)", getattr(function, "__qualname__", function))
+                _make(function, args)
+
+
+def _make(function: Callable[..., object], args: tuple[object, ...]) -> None:
+    """A failing call is logged; it never fails a request, nor the calls kept after it."""
+    try:
+        function(*args)
+    except Exception:
+        log.exception("%s failed (deferred bookkeeping)", getattr(function, "__qualname__", function))
 
 
 class FlushFirst(Collector):
@@ -87,4 +92,3 @@ class DeferredObserver:
 
     def __getattr__(self, event: str) -> Callable[..., None]:
         return partial(self.deferred.call, getattr(self.observer, event))
-

@@ -92,21 +92,23 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, sent)
         finally:
-            if not access_log.isEnabledFor(logging.INFO):  # the level when the request ends decides
-                return
-            fields: dict[str, Any] = {
-                "method": scope["method"],
-                "path": _printable(scope["path"]),
-                "status": sent.status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-            }
-            message = "{method} {path} {status} {duration_ms} ms".format(**fields)
-            ticket = scope.get(Ticket.SCOPE_KEY)
-            if ticket is not None and ticket.version is not None:  # which model version answered
-                fields["model"], fields["version"] = ticket.model, ticket.version
-                message += f" model={ticket.model} version={ticket.version}"
-            span = trace.get_current_span().get_span_context()
-            if span.is_valid and span.trace_flags.sampled:  # a sampled-out request's id leads to no trace
-                fields["trace_id"] = trace.format_trace_id(span.trace_id)
-                message += f" trace_id={fields['trace_id']}"
-            self.deferred.call(write_access_line, message, fields, time.time())
+            if access_log.isEnabledFor(logging.INFO):  # the level when the request ends decides
+                self._keep_line(scope, sent.status, started)
+
+    def _keep_line(self, scope: Scope, status: int, started: float) -> None:
+        fields: dict[str, Any] = {
+            "method": scope["method"],
+            "path": _printable(scope["path"]),
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        message = "{method} {path} {status} {duration_ms} ms".format(**fields)
+        ticket = scope.get(Ticket.SCOPE_KEY)
+        if ticket is not None and ticket.version is not None:  # which model version answered
+            fields["model"], fields["version"] = ticket.model, ticket.version
+            message += f" model={ticket.model} version={ticket.version}"
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid and span.trace_flags.sampled:  # a sampled-out request's id leads to no trace
+            fields["trace_id"] = trace.format_trace_id(span.trace_id)
+            message += f" trace_id={fields['trace_id']}"
+        self.deferred.call(write_access_line, message, fields, time.time())
