@@ -143,3 +143,18 @@ def test_an_error_of_the_app_still_reaches_the_server_whether_or_not_its_line_is
         assert line.startswith("GET / 500 ")  # the status the server answers when the app fails
     else:
         assert lines == []
+
+
+def test_once_closed_what_was_kept_is_made_and_later_calls_are_made_at_once():
+    """The app's shutdown closes it: a request cancelled as the loop ends still gets its line written."""
+    made: list[str] = []
+    deferred = Deferred(period_s=60)
+
+    async def shutdown() -> None:
+        deferred.call(made.append, "kept")
+        deferred.close()
+        assert made == ["kept"]
+        deferred.call(made.append, "after")
+        assert made == ["kept", "after"]
+
+    asyncio.run(shutdown())

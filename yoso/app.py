@@ -40,10 +40,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     service.fail_start(str(error))
             yield
         finally:
-            if grpc_server is not None:  # after uvicorn's drain: calls in flight finish, new ones are refused
-                await grpc_server.stop(settings.shutdown_grace_s)
-            await service.stop()
-            bookkeeping.flush()  # the access lines and metrics of the last requests
+            try:
+                if grpc_server is not None:  # after uvicorn's drain: calls in flight finish, new ones are refused
+                    await grpc_server.stop(settings.shutdown_grace_s)
+                await service.stop()
+            finally:
+                bookkeeping.close()  # the access lines and metrics of the last requests, and of any after them
 
     app = FastAPI(
         title=settings.title,

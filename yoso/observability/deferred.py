@@ -7,9 +7,11 @@ runs through the cores' caches, so code run once per request runs from cold cach
 runs before and after in turn: the server process's CPU per image request went from 1.35 to 1.26 ms (1.33 to
 1.09 ms with a stand-in model that only sleeps), CPU the workers get back.
 
-What is written stays as it was: an access line carries the time its request ended, and /metrics records what
-is pending before it is read (`FlushFirst`), so a scrape sees every request answered before it. A line is written
-at most `PERIOD_S` after its request; the last ones as the server stops.
+What is written stays as it was: an access line carries the time its request ended, HTTP access lines keep their
+order (a gRPC call's line is written at once, yoso.observability.grpc_metrics), and /metrics records what is
+pending before it is read (`FlushFirst`), so a scrape sees every request answered before it. A line is written at
+most `PERIOD_S` after its request; the last ones as the app stops (`close`). A process killed, or forced out by a
+second Ctrl-C (uvicorn then skips the app's shutdown), loses those of its last `PERIOD_S`.
 """
 
 from __future__ import annotations
@@ -30,18 +32,21 @@ log = logging.getLogger(__name__)
 
 class Deferred:
     """Calls kept in order and made together: `PERIOD_S` after the first of them (on the event loop that kept
-    it), or at once by `flush()`. Without a running event loop a call is made at once."""
+    it), or at once by `flush()`. Without a running event loop, or once closed, a call is made at once."""
 
     def __init__(self, period_s: float = PERIOD_S) -> None:
         self.period_s = period_s
         self._calls: list[tuple[Callable[..., object], tuple[object, ...]]] = []
         self._lock = threading.RLock()  # a scrape's flush runs in a thread of its own (FlushFirst)
         self._due_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
+        self._closed = False  # the app has stopped: calls are made at once
 
     def call(self, function: Callable[..., object], *args: object) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            loop = None
+        if loop is None or self._closed:
             _make(function, args)
             return
         with self._lock:
@@ -54,6 +59,11 @@ class Deferred:
         with self._lock:
             if self._due_on is loop:
                 self._due_on = None
+        self.flush()
+
+    def close(self) -> None:
+        """What is pending, made now, and every later call at once (the loop a flush would be due on is ending)."""
+        self._closed = True
         self.flush()
 
     def flush(self) -> None:
@@ -84,7 +94,8 @@ class FlushFirst(Collector):
 
 
 class DeferredObserver:
-    """An inference observer (yoso.serving.service) whose events are recorded by `deferred`."""
+    """An inference observer (yoso.serving.service) whose events are recorded by `deferred`: later, outside the
+    request's context (no current span), so only for an observer that reads nothing of it, as the metrics'."""
 
     def __init__(self, observer: object, deferred: Deferred) -> None:
         self.observer = observer
