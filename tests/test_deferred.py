@@ -1,4 +1,4 @@
-"""yoso.observability.deferred: access lines and metric samples kept and written together, in order, never lost."""
+"""yoso.observability.deferred: access lines and metric samples kept, then written together and in order."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ QUIET_PATHS = (METRICS_PATH,)  # scraped every few seconds: kept out of metrics,
 
 def install_observability(app: FastAPI, settings: Settings, service: InferenceService) -> Deferred:
     """Call last in create_app, so that requests refused by earlier middleware are logged and counted too.
-    Returns what writes the access lines and records the metrics: flush it as the app stops."""
+    Returns what writes the access lines and records the metrics: close it as the app stops."""
     bookkeeping = Deferred()
     if settings.prometheus_metrics:
         install_metrics(app, service, bookkeeping, skip_paths=QUIET_PATHS)
