@@ -132,7 +132,10 @@ class Settings(BaseSettings):
     workers: int = Field(
         default_factory=available_cores, ge=1, description="Inference worker processes (default: usable cores)."
     )
-    max_batch_size: int = Field(1, ge=1, le=64, description="Images of one model run as one blob (1: no batching).")
+    max_batch_size: int = Field(
+        4, ge=1, le=64, description="Most requests of one model run as one batch: those waiting when a worker can take "
+        "a task go together (1: no batching)."
+    )
     max_batch_delay_ms: float = Field(
         0.0, ge=0, le=1000, description="How long a request may wait for others to fill its batch."
     )
