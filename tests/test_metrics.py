@@ -220,3 +220,23 @@ def test_a_batch_counts_one_forward_pass_and_every_image(tmp_path):
     assert len({answer.json()["inference_ms"] for answer in answers}) == 1  # the same forward pass
     assert increase(before, after, "yoso_inference_seconds_count", model="yolov3-tiny", **DEFAULT_ENGINE) == 1
     assert increase(before, after, "yoso_images_processed_total", model="yolov3-tiny", endpoint="/detect") == 3
+
+
+def test_requests_queued_behind_a_busy_worker_share_its_next_task_by_default(tmp_path):
+    """Default batching: eight requests at once on one worker. The first runs at once and the second is sent
+    ahead to the busy worker; the rest queue, and go together once the worker can take a task again. Fewer
+    forward passes than requests, every request answered."""
+    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny"})
+    live.start(tmp_path / "server.log")
+    try:
+        with httpx.Client(base_url=live.url, timeout=30) as http:
+            before = scrape(http)
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda name: http.post("/count_objects", files=upload(name)),
+                                        ["car.jpg", "fruits.jpg", "clock.jpg", "dog_person_horse.jpg"] * 2))
+            after = scrape(http)
+    finally:
+        live.stop()
+    assert [answer.status_code for answer in answers] == [200] * 8
+    assert increase(before, after, "yoso_images_processed_total", model="yolov3-tiny", endpoint="/count_objects") == 8
+    assert increase(before, after, "yoso_inference_seconds_count", model="yolov3-tiny", **DEFAULT_ENGINE) < 8
