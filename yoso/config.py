@@ -133,8 +133,8 @@ class Settings(BaseSettings):
         default_factory=available_cores, ge=1, description="Inference worker processes (default: usable cores)."
     )
     max_batch_size: int = Field(
-        4, ge=1, le=64, description="Most requests of one model run as one batch: those waiting when a worker can take "
-        "a task go together (1: no batching)."
+        4, ge=1, le=64, description="Largest batch: waiting inputs of one model (an image, or a JSON model's request, "
+        "each) that go to a worker together when it can take a task (1: no batching)."
     )
     max_batch_delay_ms: float = Field(
         0.0, ge=0, le=1000, description="How long a request may wait for others to fill its batch."
