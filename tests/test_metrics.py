@@ -201,21 +201,27 @@ def test_a_request_refused_at_capacity_is_counted_as_shed_with_its_reason(small_
     assert value(after, "http_requests_total", **labels) - value(before, "http_requests_total", **labels) == 1
 
 
-def test_a_batch_counts_one_forward_pass_and_every_image(tmp_path):
-    """Three requests for the same model and confidence, held up to 1 s to fill one batch of 3: one forward
-    pass in yoso_inference_seconds, three images in yoso_images_processed_total."""
-    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny", "YOSO_MAX_QUEUE": "4",
-                           "YOSO_MAX_BATCH_SIZE": "3", "YOSO_MAX_BATCH_DELAY_MS": "1000"})
+def all_at_once(tmp_path, env: dict[str, str], path: str, names: list[str]) -> tuple[list, Samples, Samples]:
+    """On a server of one worker (and `env`), one request per image name, all at once: the answers, and
+    /metrics before and after them."""
+    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny", **env})
     live.start(tmp_path / "server.log")
     try:
         with httpx.Client(base_url=live.url, timeout=30) as http:
             before = scrape(http)
-            with ThreadPoolExecutor(3) as pool:
-                answers = list(pool.map(lambda name: http.post("/detect", files=upload(name)),
-                                        ["car.jpg", "fruits.jpg", "clock.jpg"]))
-            after = scrape(http)
+            with ThreadPoolExecutor(len(names)) as pool:
+                answers = list(pool.map(lambda name: http.post(path, files=upload(name)), names))
+            return answers, before, scrape(http)
     finally:
         live.stop()
+
+
+def test_a_batch_counts_one_forward_pass_and_every_image(tmp_path):
+    """Three requests for the same model and confidence, held up to 1 s to fill one batch of 3: one forward
+    pass in yoso_inference_seconds, three images in yoso_images_processed_total."""
+    answers, before, after = all_at_once(tmp_path, {"YOSO_MAX_QUEUE": "4", "YOSO_MAX_BATCH_SIZE": "3",
+                                                    "YOSO_MAX_BATCH_DELAY_MS": "1000"},
+                                         "/detect", ["car.jpg", "fruits.jpg", "clock.jpg"])
     assert [answer.status_code for answer in answers] == [200] * 3
     assert len({answer.json()["inference_ms"] for answer in answers}) == 1  # the same forward pass
     assert increase(before, after, "yoso_inference_seconds_count", model="yolov3-tiny", **DEFAULT_ENGINE) == 1
@@ -226,17 +232,8 @@ def test_requests_queued_behind_a_busy_worker_share_its_next_task_by_default(tmp
     """Default batching: eight requests at once on one worker. The first runs at once and the second is sent
     ahead to the busy worker; the rest queue, and go together once the worker can take a task again. Fewer
     forward passes than requests, every request answered."""
-    live = LiveServer(env={"YOSO_WORKERS": "1", "YOSO_PRELOAD_MODELS": "yolov3-tiny"})
-    live.start(tmp_path / "server.log")
-    try:
-        with httpx.Client(base_url=live.url, timeout=30) as http:
-            before = scrape(http)
-            with ThreadPoolExecutor(8) as pool:
-                answers = list(pool.map(lambda name: http.post("/count_objects", files=upload(name)),
-                                        ["car.jpg", "fruits.jpg", "clock.jpg", "dog_person_horse.jpg"] * 2))
-            after = scrape(http)
-    finally:
-        live.stop()
+    answers, before, after = all_at_once(tmp_path, {}, "/count_objects",
+                                         ["car.jpg", "fruits.jpg", "clock.jpg", "dog_person_horse.jpg"] * 2)
     assert [answer.status_code for answer in answers] == [200] * 8
     assert increase(before, after, "yoso_images_processed_total", model="yolov3-tiny", endpoint="/count_objects") == 8
     assert increase(before, after, "yoso_inference_seconds_count", model="yolov3-tiny", **DEFAULT_ENGINE) < 8
