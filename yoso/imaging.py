@@ -109,8 +109,8 @@ def _jpeg_has_end(data: bytes) -> bool:
             return False
         marker = data[position]
         position += 1
-        if marker == 0xDA:
-            return data.find(b"\xff\xd9", position) != -1
+        if marker == 0xDA:  # from the end, where it is: 6 us a photo of tests/data, 45 us from the start
+            return data.rfind(b"\xff\xd9", position) != -1
         if marker == 0xD9:
             return False
         if marker not in (0x00, 0x01) and not 0xD0 <= marker <= 0xD8:  # those carry no length

@@ -5,13 +5,15 @@ why not. Dropped if the client leaves or the request's time runs out."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from yoso.api.admission import ticket_of
 from yoso.api.errors import ApiError
+from yoso.api.http_protocol import CONNECTION_CLOSED
 from yoso.serving.admission import Refused, Ticket
 from yoso.serving.catalog import Kind
 from yoso.serving.pool import TaskOverran, WorkerCrashed
@@ -36,6 +38,42 @@ async def until_disconnected(request: Request) -> None:
         pass
 
 
+def caller_gone(request: Request) -> Awaitable[None]:
+    """Done when the client closes the connection (call once its body has been read): the connection's future
+    where yoso's HTTP protocol serves the request, else a coroutine that reads the request's messages."""
+    closed = request.scope.get(CONNECTION_CLOSED)
+    return closed if closed is not None else until_disconnected(request)
+
+
+class CallerLeft(Exception):
+    """The caller stopped waiting while the request was queued or running."""
+
+
+@contextmanager
+def cancelled_once_done(gone: asyncio.Future[Any]) -> Iterator[None]:
+    """Inside, the current task is cancelled once `gone` is done, and that cancellation leaves as CallerLeft."""
+    task = asyncio.current_task()
+    assert task is not None
+    inside, cancelled = True, False
+
+    def cancel(_: asyncio.Future[Any]) -> None:
+        nonlocal cancelled
+        if inside:  # a callback already scheduled as the block ended must not cancel what comes after it
+            cancelled = True
+            task.cancel()
+
+    gone.add_done_callback(cancel)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if cancelled and task.uncancel() == 0:  # this block's cancellation only, not the transport's
+            raise CallerLeft from None
+        raise
+    finally:
+        inside = False
+        gone.remove_done_callback(cancel)
+
+
 async def infer(request: Request, service: InferenceService, endpoint: str, kind: Kind,
                 read_input: Callable[[], Awaitable[bytes | list[Any]]], confidence: float = 0.0,
                 annotate: bool = False) -> tuple[JobOutcome, TaskOutcome]:
@@ -56,16 +94,16 @@ async def infer_many(request: Request, service: InferenceService, endpoint: str,
                      annotate: bool = False) -> list[tuple[JobOutcome, TaskOutcome]]:
     """The outcomes of an HTTP request's inputs, in order (an input the model could not take carries its
     error); ApiError when the request as a whole fails."""
-    return await run_admitted(service, ticket_of(request.scope), kind, read_inputs,
-                              lambda: until_disconnected(request), endpoint, confidence, annotate)
+    return await run_admitted(service, ticket_of(request.scope), kind, read_inputs, lambda: caller_gone(request),
+                              endpoint, confidence, annotate)
 
 
 async def run_admitted(service: InferenceService, ticket: Ticket, kind: Kind,
                        read_inputs: Callable[[], Awaitable[Sequence[bytes | list[Any]]]],
-                       caller_gone: Callable[[], Coroutine[Any, Any, None]], endpoint: str, confidence: float = 0.0,
+                       gone: Callable[[], Awaitable[None]], endpoint: str, confidence: float = 0.0,
                        annotate: bool = False) -> list[tuple[JobOutcome, TaskOutcome]]:
-    """An admitted request, whatever its transport. `caller_gone()`, watched once the inputs have arrived,
-    returns when the caller stops waiting."""
+    """An admitted request, whatever its transport. `gone()`, watched once the inputs have arrived, is done
+    when the caller stops waiting. The request waits in the caller's own task: no task of its own."""
     try:
         await service.ensure_installed(ticket.model)
     except UnknownModel as error:
@@ -83,32 +121,30 @@ async def run_admitted(service: InferenceService, ticket: Ticket, kind: Kind,
             inputs = await read_inputs()
     except TimeoutError:
         raise ApiError(408, f"The upload took longer than {timeout_s:g} s to arrive.") from None
-    inference = asyncio.ensure_future(service.run(ticket, inputs, endpoint, confidence, annotate))
-    gone = asyncio.ensure_future(caller_gone())
+    watched = gone()
+    left = asyncio.ensure_future(watched)  # a coroutine runs as a task until the answer; a future is watched as is
+    refused = None
     try:
-        done, _ = await asyncio.wait({inference, gone}, timeout=ticket.remaining_s(),
-                                     return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the transport gave up on the request (a gRPC call cancelled)
-        inference.cancel()
-        raise
-    finally:
-        gone.cancel()
-    if inference not in done:
-        inference.cancel()  # a queued job is skipped; a running one finishes and is discarded
-        if gone in done:
-            raise ApiError(499, "The client closed the connection.")
-        raise ApiError(504, f"The request took longer than {timeout_s:g} s.")
-    if isinstance(refusal := inference.exception(), Refused):  # other uploads arrived: it may no longer wait
-        reason, detail = refusal.reason, refusal.detail
-        del inputs, inference, done, refusal  # a held refusal keeps no upload in memory (its traceback held one)
-        service.shed(reason)
-        await service.admission.hold_refusal(ticket.client)
-        raise ApiError(503, detail, {"Retry-After": str(RETRY_AFTER_S)})
-    try:
-        outcomes = inference.result()
+        with cancelled_once_done(left):
+            async with asyncio.timeout(ticket.remaining_s()):  # a queued job is skipped; a running one is discarded
+                outcomes = await service.run(ticket, inputs, endpoint, confidence, annotate)
+    except TimeoutError:
+        raise ApiError(504, f"The request took longer than {timeout_s:g} s.") from None
+    except CallerLeft:
+        raise ApiError(499, "The client closed the connection.") from None
+    except Refused as refusal:  # other uploads arrived: it may no longer wait
+        refused = refusal.reason, refusal.detail
     except WorkerCrashed as error:
         raise ApiError(500, f"{error}; the input was not processed. A new worker is starting.") from None
     except TaskOverran as error:
         raise ApiError(504, f"The request took longer than {timeout_s:g} s: {error}.") from None
+    finally:
+        if left is not watched:
+            left.cancel()
+    if refused is not None:
+        del inputs  # a held refusal keeps no upload in memory
+        service.shed(refused[0])
+        await service.admission.hold_refusal(ticket.client)
+        raise ApiError(503, refused[1], {"Retry-After": str(RETRY_AFTER_S)})
     ticket.version = outcomes[-1][1].version
     return outcomes

@@ -6,7 +6,7 @@ Every failure is an ApiError (the HTTP status and a message); each transport ren
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,7 @@ def confidence_of(parameters: dict[str, Any]) -> float:
 
 
 async def model_infer(service: InferenceService, ticket: Ticket, request: InferRequest,
-                      caller_gone: Callable[[], Coroutine[Any, Any, None]]) -> InferResponse:
+                      caller_gone: Callable[[], Awaitable[None]]) -> InferResponse:
     """Run an admitted request (its ticket) through its model: the outputs it asked for, in the model's order."""
     model = served(service, request.model, request.version)
     _, declared_outputs = tensors(model)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from yoso.api.admission import ticket_of
 from yoso.api.body import parse_json, read_body, size
 from yoso.api.errors import OIP_PREFIX, ApiError
-from yoso.api.inference import Service, until_disconnected
+from yoso.api.inference import Service, caller_gone
 from yoso.api.oip import core, schemas
 from yoso.api.oip.tensors import TensorData, from_raw, from_values, to_json, to_raw
 
@@ -94,7 +94,7 @@ async def infer(name: str, request: Request, service: Service, version: str = ""
         raise ApiError(408, f"The upload took longer than {ticket.timeout_s:g} s to arrive.") from None
     # Parsed off the event loop: a JSON model's tensor may be millions of numbers.
     document, parsed = await asyncio.to_thread(_parsed, name, version, body, request.headers.get(HEADER_LENGTH))
-    response = await core.model_infer(service, ticket, parsed, lambda: until_disconnected(request))
+    response = await core.model_infer(service, ticket, parsed, lambda: caller_gone(request))
     return _rendered(response, _binary_outputs(document))
 
 
