@@ -32,6 +32,9 @@ JPEG_QUALITY = 90
 MAX_SIDE = 65_500  # the largest width or height a JPEG can have: /predict must be able to answer with the image
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: empty, so always these 12 bytes
 _JPEG_FILL = re.compile(rb"\xff*")
+# JPEG markers: frame headers (SOF0-3, 5-7, 9-11, 13-15), and every segment Pillow reads before the first scan
+_FRAME_HEADERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_BEFORE_SCAN = _FRAME_HEADERS | {0xC4, 0xCC, 0xDB, 0xDD, 0xFE} | set(range(0xE0, 0xF0))  # DHT DAC DQT DRI COM APPn
 
 
 class ImageError(ValueError):
@@ -57,16 +60,8 @@ def inspect(data: bytes, max_pixels: int) -> ImageInfo:
     """Format and size from the header alone; raises ImageError for anything that must not be decoded."""
     if not data:
         raise ImageError(422, "The uploaded file is empty: send an image in the 'file' field.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as header:
-                info = ImageInfo(_AS_FORMAT.get(header.format, header.format), header.width, header.height)
-    except Image.DecompressionBombError:
-        raise ImageError(413, f"The image declares too many pixels; the limit is {max_pixels:,}.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        formats = ", ".join(SUPPORTED_FORMATS)
-        raise ImageError(415, f"The file is not an image, or its format is not supported; send one of: {formats}.") from None
+    plain = _plain_jpeg(data)
+    info = plain.info if plain is not None else _header_by_pillow(data, max_pixels)
     if info.width < 1 or info.height < 1:
         raise ImageError(422, f"The image declares {info.width}x{info.height} pixels; it has nothing to detect.")
     if max(info.width, info.height) > MAX_SIDE:
@@ -77,23 +72,73 @@ def inspect(data: bytes, max_pixels: int) -> ImageInfo:
         raise ImageError(
             413, f"The image is {info.width}x{info.height} = {info.pixels:,} pixels; the limit is {max_pixels:,}."
         )
-    _require_complete(data, info.format)
+    if not (plain.complete if plain is not None else _complete(data, info.format)):
+        raise ImageError(422, f"The {info.format} file is truncated: upload the complete file.")
     return info
 
 
-def _require_complete(data: bytes, image_format: str) -> None:
-    """Refuse truncated JPEG and PNG files, which OpenCV would otherwise half-decode into grey.
+def _header_by_pillow(data: bytes, max_pixels: int) -> ImageInfo:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as header:
+                return ImageInfo(_AS_FORMAT.get(header.format, header.format), header.width, header.height)
+    except Image.DecompressionBombError:
+        raise ImageError(413, f"The image declares too many pixels; the limit is {max_pixels:,}.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        formats = ", ".join(SUPPORTED_FORMATS)
+        raise ImageError(415, f"The file is not an image, or its format is not supported; send one of: "
+                              f"{formats}.") from None
+
+
+@dataclass(frozen=True)
+class _PlainJpeg:
+    info: ImageInfo
+    complete: bool  # an end-of-image marker follows the first scan
+
+
+def _plain_jpeg(data: bytes) -> _PlainJpeg | None:
+    """A JPEG whose segments up to its first scan are all in order, read in one pass over them: its size (from the
+    last frame header before the scan, as Pillow reads it) and whether it is complete. None for anything else,
+    which Pillow then reads. In a worker, between two inferences (4 plain clients, thread CPU time per image),
+    `inspect` took 191 us with Pillow and the pass to the end marker, 47 us with this one pass.
+
+    Only what Pillow reads the same way is taken: segments one after another (fill bytes allowed), markers it
+    knows before the scan, 8-bit frames of 1, 3 or 4 components.
+    """
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    position, size = 2, None
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        position = _JPEG_FILL.match(data, position).end()
+        if position + 3 > len(data):
+            return None
+        marker, length = data[position], int.from_bytes(data[position + 1:position + 3], "big")
+        body = position + 3  # the segment's data, after its marker and its length
+        if marker == 0xDA:
+            if size is None:
+                return None
+            return _PlainJpeg(ImageInfo("JPEG", *size), data.rfind(b"\xff\xd9", body) != -1)
+        if marker not in _BEFORE_SCAN or length < 2 or position + 1 + length > len(data):
+            return None
+        if marker in _FRAME_HEADERS:
+            if length < 8 or data[body] != 8 or data[body + 5] not in (1, 3, 4):
+                return None
+            size = int.from_bytes(data[body + 3:body + 5], "big"), int.from_bytes(data[body + 1:body + 3], "big")
+        position += 1 + length
+    return None
+
+
+def _complete(data: bytes, image_format: str) -> bool:
+    """Whether a JPEG or PNG file is whole, where OpenCV would half-decode a truncated one into grey.
 
     Bytes after the end of the image (a polyglot's payload, a camera's trailer) are ignored, as OpenCV ignores them.
     """
     if image_format == "JPEG":
-        complete = _jpeg_has_end(data)
-    elif image_format == "PNG":
-        complete = _PNG_END in data
-    else:
-        return
-    if not complete:
-        raise ImageError(422, f"The {image_format} file is truncated: upload the complete file.")
+        return _jpeg_has_end(data)
+    if image_format == "PNG":
+        return _PNG_END in data
+    return True
 
 
 def _jpeg_has_end(data: bytes) -> bool:
@@ -109,7 +154,7 @@ def _jpeg_has_end(data: bytes) -> bool:
             return False
         marker = data[position]
         position += 1
-        if marker == 0xDA:  # from the end, where it is: 6 us a photo of tests/data, 45 us from the start
+        if marker == 0xDA:
             return data.rfind(b"\xff\xd9", position) != -1
         if marker == 0xD9:
             return False
