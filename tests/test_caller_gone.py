@@ -1,6 +1,6 @@
 """A request waits for inference in its own task (yoso.api.inference.cancelled_once_done): the caller leaving
 cancels that wait alone, the transport's own cancellation stays a cancellation, and a caller who leaves as the
-answer arrives cancels nothing after it. Deterministic: futures resolved by hand, no sleeps."""
+answer arrives cancels nothing after it. Deterministic: futures resolved by hand, no timers."""
 
 from __future__ import annotations
 
