@@ -32,7 +32,7 @@ async def get_service(request: Request) -> InferenceService:
 Service = Annotated[InferenceService, Depends(get_service)]
 
 
-async def until_disconnected(request: Request) -> None:
+async def _until_disconnected(request: Request) -> None:
     """Returns when the client closes the connection (call once its body has been read)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -42,7 +42,7 @@ def caller_gone(request: Request) -> Awaitable[None]:
     """Done when the client closes the connection (call once its body has been read): the connection's future
     where yoso's HTTP protocol serves the request, else a coroutine that reads the request's messages."""
     closed = request.scope.get(CONNECTION_CLOSED)
-    return closed if closed is not None else until_disconnected(request)
+    return closed if closed is not None else _until_disconnected(request)
 
 
 class CallerLeft(Exception):
